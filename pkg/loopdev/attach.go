@@ -66,7 +66,7 @@ func attach(ctx context.Context, backingFile string, opts Options, configure con
 			return Info{}, err
 		}
 		info, err := configureDevice(deviceForNumber(n), cfg, opts, configure)
-		if !errors.Is(err, unix.EBUSY) {
+		if !lostRace(err) {
 			return info, err
 		}
 		if attempt == maxAttachAttempts {
@@ -77,6 +77,13 @@ func attach(ctx context.Context, backingFile string, opts Options, configure con
 			return Info{}, fmt.Errorf("loopdev: attach %s: %w", abs, err)
 		}
 	}
+}
+
+// lostRace tells whether another process got the offered device first:
+// EBUSY from LOOP_CONFIGURE when it bound the device, ENXIO from open when
+// it was removing the device (LOOP_CTL_REMOVE) at the same time.
+func lostRace(err error) bool {
+	return errors.Is(err, unix.EBUSY) || errors.Is(err, unix.ENXIO)
 }
 
 // openBacking opens the file the way the device will use it: the kernel
@@ -136,7 +143,7 @@ func getFree() (int, error) {
 // configureDevice binds the backing file to dev and applies the direct I/O
 // policy while it still holds the device open, so that a rollback cannot
 // detach a device another attacher has bound in the meantime.
-// An error wrapping unix.EBUSY means another attacher won dev.
+// An error for which lostRace is true means another process won dev.
 func configureDevice(dev Device, cfg unix.LoopConfig, opts Options, configure configureFunc) (Info, error) {
 	// The open mode matters: the kernel makes the device read-only when the
 	// device itself is not open for writing.

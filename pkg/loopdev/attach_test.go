@@ -3,10 +3,12 @@
 package loopdev
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -22,6 +24,19 @@ func TestParseLoopName(t *testing.T) {
 		if _, ok := parseLoopName(name); ok {
 			t.Errorf("parseLoopName(%q) accepted", name)
 		}
+	}
+}
+
+func TestNewConfigTruncatesFileName(t *testing.T) {
+	long := "/" + strings.Repeat("d", 100)
+	cfg := newConfig(3, long, Options{DirectIO: true, ReadOnly: true, BlockSize: 4096})
+	name := string(bytes.TrimRight(cfg.Info.File_name[:], "\x00"))
+	if name != long[:63] || cfg.Info.File_name[63] != 0 {
+		t.Errorf("File_name = %q, want the first 63 bytes and a NUL", name)
+	}
+	want := uint32(unix.LO_FLAGS_DIRECT_IO | unix.LO_FLAGS_READ_ONLY)
+	if cfg.Fd != 3 || cfg.Size != 4096 || cfg.Info.Flags != want {
+		t.Errorf("config = fd %d, block size %d, flags %#x", cfg.Fd, cfg.Size, cfg.Info.Flags)
 	}
 }
 

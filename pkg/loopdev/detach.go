@@ -56,7 +56,7 @@ func clearFD(dev Device) error {
 	switch {
 	case err == nil, errors.Is(err, unix.ENXIO):
 		return nil
-	case errors.Is(err, unix.EBUSY): // kernels before 5.x refuse instead of deferring
+	case errors.Is(err, unix.EBUSY): // Linux defers instead; keep ErrBusy meaningful anyway
 		return fmt.Errorf("loopdev: detach %s: %w (still open, e.g. mounted): %w", dev.Path, ErrBusy, err)
 	default:
 		return fmt.Errorf("loopdev: LOOP_CLR_FD %s: %w", dev.Path, err)

@@ -12,12 +12,13 @@
 //   - LOOP_CTL_GET_FREE only reports a free device; it does not reserve it.
 //     Concurrent attachers may be told the same number and all but one get
 //     EBUSY from LOOP_CONFIGURE, so Attach retries with a fresh number.
-//   - LOOP_CLR_FD never fails with EBUSY on modern kernels: if the device is
-//     still open (mounted, or held by another process) the kernel only sets
+//   - LOOP_CLR_FD does not fail with EBUSY: if the device is still open
+//     (mounted, or held by another process) the kernel only sets
 //     LO_FLAGS_AUTOCLEAR and detaches on the last close. Detach reports that
 //     case as ErrBusy so the caller knows the device is still there.
-//   - The kernel may refuse or silently drop direct I/O depending on the
-//     backing file system and block size. Info.DirectIO always reports what
+//   - The kernel may refuse (EINVAL) or silently drop direct I/O depending
+//     on version, backing file system and block size; 6.18 drops it silently
+//     in LOOP_CONFIGURE (e.g. on ramfs). Info.DirectIO always reports what
 //     the kernel actually does, read back from sysfs after attaching.
 package loopdev
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -91,6 +92,13 @@ func TestAttachDirectIOBlockSize4K(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dev.Close()
+	st, err := unix.IoctlLoopGetStatus64(int(dev.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if name := string(bytes.TrimRight(st.File_name[:], "\x00")); !strings.HasPrefix(file, name) || name == "" {
+		t.Errorf("lo_file_name = %q, want a prefix of %q", name, file)
+	}
 	const off = 5 * 4096
 	want := alignedBuf(t, 8192)
 	for i := range want {
