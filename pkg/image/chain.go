@@ -1,0 +1,298 @@
+package image
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// Chain is an ordered stack of deltas, bottom first; the top one takes writes
+// unless the chain is read-only. Reads of a cluster come from the highest
+// delta that holds it (zeros if none does), through a flattened map so depth
+// does not change the cost. Safe for concurrent use.
+type Chain struct {
+	// mu is read-locked by every I/O and write-locked by operations that
+	// change the shape of the chain (Snapshot, Grow, Close).
+	mu       sync.RWMutex
+	fs       FS
+	deltas   []*Delta
+	m        *clusterMap
+	size     int64
+	cs       int64
+	readOnly bool
+	closed   bool
+
+	// stripes serialise allocation of the same virtual cluster.
+	stripes [256]sync.Mutex
+}
+
+// ChainOptions configures OpenChain.
+type ChainOptions struct {
+	FS       FS   // nil: the real file system with direct I/O where possible
+	ReadOnly bool // open the top read-only too
+}
+
+// OpenChain opens the delta files paths (bottom..top).
+func OpenChain(paths []string, opts ChainOptions) (*Chain, error) {
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("%w: a chain needs at least one delta", ErrInvalid)
+	}
+	if opts.FS == nil {
+		opts.FS = NewOSFS(true)
+	}
+	c := &Chain{fs: opts.FS, readOnly: opts.ReadOnly}
+	for i, p := range paths {
+		writable := i == len(paths)-1 && !opts.ReadOnly
+		d, err := openDelta(opts.FS, p, writable)
+		if err != nil {
+			c.closeDeltas()
+			return nil, err
+		}
+		c.deltas = append(c.deltas, d)
+	}
+	if err := c.buildMap(); err != nil {
+		c.closeDeltas()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Chain) buildMap() error {
+	top := c.deltas[len(c.deltas)-1]
+	c.cs = top.h.ClusterSize()
+	c.size = top.h.Size()
+	c.m = newClusterMap(top.h.BATEntries)
+	for level, d := range c.deltas {
+		if d.h.ClusterSize() != c.cs {
+			return fmt.Errorf("%w: delta %s has %d-byte clusters, the top has %d", ErrCorrupt, d.path, d.h.ClusterSize(), c.cs)
+		}
+		if err := c.loadDelta(level, d, top.h.BATEntries); err != nil {
+			return fmt.Errorf("delta %s: %w", d.path, err)
+		}
+	}
+	return nil
+}
+
+func (c *Chain) loadDelta(level int, d *Delta, limit uint32) error {
+	fileSize, err := d.f.Size()
+	if err != nil {
+		return err
+	}
+	// Two entries sharing a cluster would let a write to one change the other.
+	used := newBitmap(fileSize / d.h.ClusterSize())
+	return d.forEachEntry(func(vc, entry uint32) error {
+		if err := d.entryError(vc, entry, fileSize); err != nil {
+			return err
+		}
+		if pc := d.h.clusterOffset(entry) / d.h.ClusterSize(); d.h.Version == 2 && used.testAndSet(pc) {
+			return fmt.Errorf("%w: BAT entry %d points at a cluster another entry uses", ErrCorrupt, vc)
+		}
+		if vc < limit {
+			c.m.set(vc, location{level: level, entry: entry})
+		}
+		return nil
+	})
+}
+
+// Size returns the virtual size in bytes.
+func (c *Chain) Size() int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.size
+}
+
+// ClusterSize returns the cluster size in bytes.
+func (c *Chain) ClusterSize() int64 { return c.cs }
+
+// Depth returns the number of deltas.
+func (c *Chain) Depth() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.deltas)
+}
+
+// Deltas returns the delta files, bottom..top.
+func (c *Chain) Deltas() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]string, len(c.deltas))
+	for i, d := range c.deltas {
+		out[i] = d.path
+	}
+	return out
+}
+
+func (c *Chain) top() *Delta { return c.deltas[len(c.deltas)-1] }
+
+// span calls fn for each cluster-bounded piece of [off, off+n).
+func (c *Chain) span(off int64, n int, fn func(vc uint32, inner int64, lo, hi int) error) error {
+	for done := 0; done < n; {
+		pos := off + int64(done)
+		inner := pos % c.cs
+		step := int(min(int64(n-done), c.cs-inner))
+		if err := fn(uint32(pos/c.cs), inner, done, done+step); err != nil {
+			return err
+		}
+		done += step
+	}
+	return nil
+}
+
+// ReadAt reads from the virtual disk. Reads past the end return io.EOF.
+func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return 0, ErrClosed
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("%w: negative offset", ErrInvalid)
+	}
+	if off >= c.size {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(p)), c.size-off))
+	err := c.span(off, n, func(vc uint32, inner int64, lo, hi int) error {
+		return c.readCluster(p[lo:hi], vc, inner)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (c *Chain) readCluster(p []byte, vc uint32, inner int64) error {
+	loc, ok := c.m.get(vc)
+	if !ok {
+		clear(p)
+		return nil
+	}
+	d := c.deltas[loc.level]
+	if _, err := d.f.ReadAt(p, d.h.clusterOffset(loc.entry)+inner); err != nil {
+		return fmt.Errorf("read %s: %w", d.path, err)
+	}
+	return nil
+}
+
+// WriteAt writes to the virtual disk. A write to a cluster the top does not
+// hold allocates one; a partial write copies the rest of the cluster up first.
+func (c *Chain) WriteAt(p []byte, off int64) (int, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if err := c.checkWrite(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	err := c.span(off, len(p), func(vc uint32, inner int64, lo, hi int) error {
+		return c.writeCluster(p[lo:hi], vc, inner)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *Chain) checkWrite(off, n int64) error {
+	switch {
+	case c.closed:
+		return ErrClosed
+	case c.readOnly:
+		return ErrReadOnly
+	case off < 0 || off+n > c.size:
+		return fmt.Errorf("%w: write of %d bytes at %d outside the %d-byte disk", ErrInvalid, n, off, c.size)
+	}
+	return nil
+}
+
+func (c *Chain) writeCluster(p []byte, vc uint32, inner int64) error {
+	top := c.top()
+	topLevel := len(c.deltas) - 1
+	if loc, ok := c.m.get(vc); ok && loc.level == topLevel {
+		return c.writeTop(top, p, loc.entry, inner)
+	}
+	stripe := &c.stripes[vc%uint32(len(c.stripes))]
+	stripe.Lock()
+	defer stripe.Unlock()
+	loc, ok := c.m.get(vc)
+	if ok && loc.level == topLevel { // allocated while we waited
+		return c.writeTop(top, p, loc.entry, inner)
+	}
+	return c.allocateAndWrite(top, vc, p, inner, loc, ok)
+}
+
+func (c *Chain) writeTop(top *Delta, p []byte, entry uint32, inner int64) error {
+	if _, err := top.f.WriteAt(p, top.h.clusterOffset(entry)+inner); err != nil {
+		return fmt.Errorf("write %s: %w", top.path, err)
+	}
+	return nil
+}
+
+// allocateAndWrite gives vc a cluster in the top delta holding p at inner,
+// with the rest of the cluster copied up from below (or left a hole when no
+// lower delta holds it). The data is synced before the BAT entry is written.
+func (c *Chain) allocateAndWrite(top *Delta, vc uint32, p []byte, inner int64, below location, inLower bool) error {
+	off, entry, err := top.allocate()
+	if err != nil {
+		return err
+	}
+	data, at := p, off+inner
+	if inLower && int64(len(p)) < c.cs {
+		buf := make([]byte, c.cs)
+		if err := c.readCluster(buf, vc, 0); err != nil {
+			return err
+		}
+		copy(buf[inner:], p)
+		data, at = buf, off
+	}
+	if len(data) > 0 {
+		if _, err := top.f.WriteAt(data, at); err != nil {
+			return fmt.Errorf("write %s: %w", top.path, err)
+		}
+	}
+	if err := top.f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", top.path, err)
+	}
+	if err := top.setEntry(vc, entry); err != nil {
+		return err
+	}
+	c.m.set(vc, location{level: len(c.deltas) - 1, entry: entry})
+	return nil
+}
+
+// Flush makes every completed write durable.
+func (c *Chain) Flush() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return ErrClosed
+	}
+	if c.readOnly {
+		return nil
+	}
+	if err := c.top().f.Sync(); err != nil {
+		return fmt.Errorf("flush %s: %w", c.top().path, err)
+	}
+	return nil
+}
+
+// Close flushes, clears the in-use mark of the top and closes every delta.
+func (c *Chain) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	return c.closeDeltas()
+}
+
+func (c *Chain) closeDeltas() error {
+	var errs []error
+	for _, d := range c.deltas {
+		errs = append(errs, d.close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,214 @@
+package image
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Sentinel errors of the package, checked with errors.Is.
+var (
+	ErrReadOnly = errors.New("image is read-only")
+	ErrInvalid  = errors.New("invalid argument")
+	ErrClosed   = errors.New("chain is closed")
+)
+
+// Delta is one open delta file.
+type Delta struct {
+	path     string
+	f        File
+	h        Header
+	writable bool
+
+	allocMu sync.Mutex // guards next and file growth
+	next    int64      // byte offset of the next cluster to allocate
+}
+
+// Path returns the file the delta was opened from.
+func (d *Delta) Path() string { return d.path }
+
+// Header returns the delta's header.
+func (d *Delta) Header() Header { return d.h }
+
+// CreateDelta creates an empty delta of size bytes at path on the real file system.
+func CreateDelta(path string, size, clusterSize int64) error {
+	h, err := NewHeader(size, clusterSize)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("create delta %s: %w", path, os.ErrExist)
+	}
+	return createDelta(NewOSFS(false), path, h)
+}
+
+// createDelta writes a delta under a temporary name and renames it into place,
+// so path either does not exist or is a complete, durable, empty delta.
+func createDelta(fsys FS, path string, h Header) error {
+	tmp := path + ".tmp"
+	if err := fsys.Remove(tmp); err != nil {
+		return err
+	}
+	f, err := fsys.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("create delta: %w", err)
+	}
+	h.InUse = false
+	err = writeNewDelta(f, h)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = fsys.Remove(tmp)
+		return fmt.Errorf("create delta %s: %w", path, err)
+	}
+	if err := fsys.Rename(tmp, path); err != nil {
+		return fmt.Errorf("create delta: %w", err)
+	}
+	return fsys.SyncDir(filepath.Dir(path))
+}
+
+func writeNewDelta(f File, h Header) error {
+	// The BAT stays a hole (zeros: every cluster unallocated), so creation is
+	// instant at any size.
+	if err := f.Truncate(h.DataStart()); err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(h.Encode(), 0); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// openDelta opens and validates a delta. A writable delta gets the in-use
+// mark, made durable before any data is written.
+func openDelta(fsys FS, path string, writable bool) (*Delta, error) {
+	f, err := fsys.Open(path, writable)
+	if err != nil {
+		return nil, fmt.Errorf("open delta: %w", err)
+	}
+	d, err := newDelta(f, path, writable)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("delta %s: %w", path, err)
+	}
+	return d, nil
+}
+
+func newDelta(f File, path string, writable bool) (*Delta, error) {
+	size, err := f.Size()
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, HeaderSize)
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: file of %d bytes is shorter than a header", ErrCorrupt, size)
+		}
+		return nil, err
+	}
+	h, err := DecodeHeader(buf, size)
+	if err != nil {
+		return nil, err
+	}
+	if writable && h.Version == 1 {
+		return nil, fmt.Errorf("%w: v1 (WithoutFreeSpace) images are supported read-only", ErrReadOnly)
+	}
+	d := &Delta{path: path, f: f, h: h, writable: writable}
+	cs := h.ClusterSize()
+	d.next = (max(size, h.DataStart()) + cs - 1) / cs * cs
+	if writable {
+		if err := d.setInUse(true); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+func (d *Delta) setInUse(inUse bool) error {
+	h := d.h
+	h.InUse = inUse
+	if _, err := d.f.WriteAt(h.Encode(), 0); err != nil {
+		return fmt.Errorf("write header: %w", err)
+	}
+	if err := d.f.Sync(); err != nil {
+		return fmt.Errorf("sync header: %w", err)
+	}
+	d.h = h
+	return nil
+}
+
+// batChunk is how many BAT entries are read at once: bounded memory at any size.
+const batChunk = 64 << 10
+
+// forEachEntry calls fn for every non-zero BAT entry, reading the BAT in chunks.
+func (d *Delta) forEachEntry(fn func(vc, entry uint32) error) error {
+	buf := make([]byte, 4*min(batChunk, int64(d.h.BATEntries)))
+	for start := uint32(0); start < d.h.BATEntries; start += batChunk {
+		n := min(uint32(batChunk), d.h.BATEntries-start)
+		b := buf[:4*n]
+		if _, err := d.f.ReadAt(b, HeaderSize+4*int64(start)); err != nil {
+			return fmt.Errorf("read BAT: %w", err)
+		}
+		for i := range n {
+			if e := binary.LittleEndian.Uint32(b[4*i:]); e != 0 {
+				if err := fn(start+i, e); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// entryError says what is wrong with a BAT entry, or nil.
+func (d *Delta) entryError(vc, entry uint32, fileSize int64) error {
+	off := d.h.clusterOffset(entry)
+	switch {
+	case off < d.h.DataStart():
+		return fmt.Errorf("%w: BAT entry %d points at offset %d, inside the header/BAT area", ErrCorrupt, vc, off)
+	case off+d.h.ClusterSize() > fileSize:
+		return fmt.Errorf("%w: BAT entry %d points at offset %d, past the end of the %d-byte file", ErrCorrupt, vc, off, fileSize)
+	case d.h.Version == 2 && off%d.h.ClusterSize() != 0:
+		return fmt.Errorf("%w: BAT entry %d is not cluster aligned", ErrCorrupt, vc)
+	}
+	return nil
+}
+
+// setEntry writes one BAT entry. It is not synced: Flush does that, and the
+// data it points at was synced before (ploop's ordering rule).
+func (d *Delta) setEntry(vc, entry uint32) error {
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], entry)
+	if _, err := d.f.WriteAt(b[:], HeaderSize+4*int64(vc)); err != nil {
+		return fmt.Errorf("write BAT entry %d: %w", vc, err)
+	}
+	return nil
+}
+
+// allocate reserves a new cluster at the end of the file. The file is
+// extended so the cluster reads as zeros until data is written into it.
+func (d *Delta) allocate() (off int64, entry uint32, err error) {
+	d.allocMu.Lock()
+	defer d.allocMu.Unlock()
+	off = d.next
+	if err := d.f.Truncate(off + d.h.ClusterSize()); err != nil {
+		return 0, 0, fmt.Errorf("extend delta: %w", err)
+	}
+	d.next = off + d.h.ClusterSize()
+	return off, d.h.batEntryFor(off), nil
+}
+
+// close clears the in-use mark of a writable delta (a clean shutdown) and
+// closes the file.
+func (d *Delta) close() error {
+	var err error
+	if d.writable {
+		err = d.setInUse(false)
+	}
+	return errors.Join(err, d.f.Close())
+}
