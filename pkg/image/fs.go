@@ -123,7 +123,7 @@ func (o *osFile) WriteAt(p []byte, off int64) (int, error) {
 	return o.f.WriteAt(p, off)
 }
 
-func (o *osFile) Sync() error              { return unix.Fdatasync(int(o.f.Fd())) }
+func (o *osFile) Sync() error               { return unix.Fdatasync(int(o.f.Fd())) }
 func (o *osFile) Truncate(size int64) error { return o.f.Truncate(size) }
 
 func (o *osFile) Size() (int64, error) {
