@@ -1,0 +1,66 @@
+package volume
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"k8s.io/klog/v2"
+)
+
+// DeleteVolume removes a volume; deltas still referenced by snapshots or clones
+// survive. Deleting an unknown volume succeeds (CSI idempotency); deleting a staged
+// or attached one is ErrFailedPrecondition.
+func (m *Manager) DeleteVolume(ctx context.Context, id string) error {
+	if !ValidVolumeID(id) {
+		return nil
+	}
+	unlock, err := m.lockKey(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	m.mu.Lock()
+	rec, ok := m.vols[id]
+	m.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if err := m.checkNotInUse(ctx, id); err != nil {
+		return err
+	}
+	dir := m.volDir(id)
+	chain, cerr := m.store.ChainFiles(ctx, dir)
+	if cerr != nil {
+		// Without the chain we cannot collect now; the sweep will, since it works
+		// from the references that remain.
+		klog.FromContext(ctx).Error(cerr, "Reading chain of deleted volume", "volumeID", id)
+	}
+	if err := removeDurable(m.volMetaPath(id)); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	delete(m.vols, id)
+	delete(m.volByName, rec.Name)
+	m.mu.Unlock()
+	m.crashPoint("delete.committed")
+	if err := os.RemoveAll(dir); err != nil {
+		klog.FromContext(ctx).Error(err, "Removing volume dir", "volumeID", id)
+	}
+	m.crashPoint("delete.dir-removed")
+	return m.collect(ctx, chain)
+}
+
+func (m *Manager) checkNotInUse(ctx context.Context, id string) error {
+	if _, err := os.Stat(m.stagedPath(id)); err == nil {
+		return fmt.Errorf("volume %s is staged: %w", id, ErrFailedPrecondition)
+	}
+	_, attached, err := m.attacher.Attached(ctx, m.volDir(id))
+	if err != nil {
+		return fmt.Errorf("volume %s: attach state: %w", id, err)
+	}
+	if attached {
+		return fmt.Errorf("volume %s is attached: %w", id, ErrFailedPrecondition)
+	}
+	return nil
+}

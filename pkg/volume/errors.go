@@ -1,0 +1,16 @@
+package volume
+
+import "errors"
+
+// Sentinel errors. They are always wrapped with %w and checked with errors.Is; the
+// driver maps each one to a single gRPC code.
+var (
+	ErrNotFound           = errors.New("not found")
+	ErrAlreadyExists      = errors.New("already exists")
+	ErrInvalid            = errors.New("invalid argument")
+	ErrOutOfRange         = errors.New("out of range")
+	ErrFailedPrecondition = errors.New("failed precondition")
+	ErrBusy               = errors.New("operation in progress")
+	// ErrBadToken: a pagination token this manager did not produce (CSI: ABORTED).
+	ErrBadToken = errors.New("invalid pagination token")
+)

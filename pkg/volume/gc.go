@@ -1,0 +1,162 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"k8s.io/klog/v2"
+)
+
+// SweepReport lists what a sweep removed and what it left alone.
+type SweepReport struct {
+	RemovedVolumeDirs []string
+	RemovedDeltas     []string
+	Unknown           []string // files in our directories we did not create; never removed
+}
+
+// references is the set of pool files still in use: every delta in the chain of a
+// committed volume (from its descriptor, which the serving process may have changed)
+// and every delta of a snapshot record. An error means the set may be incomplete, so
+// callers must not delete anything.
+func (m *Manager) references(ctx context.Context) (map[string]bool, error) {
+	m.mu.Lock()
+	volIDs := make([]string, 0, len(m.vols))
+	for id := range m.vols {
+		volIDs = append(volIDs, id)
+	}
+	refs := map[string]bool{}
+	for _, s := range m.snaps {
+		for _, p := range m.poolPaths(s.Chain) {
+			refs[p] = true
+		}
+	}
+	m.mu.Unlock()
+	for _, id := range volIDs {
+		chain, err := m.store.ChainFiles(ctx, m.volDir(id))
+		if err != nil {
+			return nil, fmt.Errorf("chain of volume %s: %w", id, err)
+		}
+		for _, p := range chain {
+			refs[filepath.Clean(p)] = true
+		}
+	}
+	return refs, nil
+}
+
+// collect deletes the candidate deltas nobody references any more. It runs after
+// the commit that dropped a reference, so a crash before it only leaves garbage that
+// the next sweep removes; hence failures are logged, not returned.
+func (m *Manager) collect(ctx context.Context, candidates []string) error {
+	if len(candidates) == 0 {
+		return nil
+	}
+	refs, err := m.references(ctx)
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Delta GC skipped; the next sweep retries")
+		return nil
+	}
+	for _, p := range candidates {
+		p = filepath.Clean(p)
+		if refs[p] || filepath.Dir(p) != m.deltasDir() {
+			continue
+		}
+		if err := os.Remove(p); err != nil && !isNotExist(err) {
+			klog.FromContext(ctx).Error(err, "Removing unreferenced delta", "path", p)
+		}
+	}
+	return nil
+}
+
+// Sweep removes what interrupted operations left: volume dirs without a committed
+// record and pool deltas nothing references. It excludes every creator (GC write
+// lock), so it never sees files of an operation still in flight in this process.
+func (m *Manager) Sweep(ctx context.Context) (SweepReport, error) {
+	m.gc.Lock()
+	defer m.gc.Unlock()
+	var rep SweepReport
+	dirErr := m.sweepVolumeDirs(&rep)
+	refs, err := m.references(ctx)
+	if err != nil {
+		return rep, errors.Join(dirErr, fmt.Errorf("delta sweep skipped: %w", err))
+	}
+	return rep, errors.Join(dirErr, m.sweepDeltas(refs, &rep))
+}
+
+func (m *Manager) sweepVolumeDirs(rep *SweepReport) error {
+	entries, err := os.ReadDir(m.volumesDir())
+	if err != nil {
+		return fmt.Errorf("list volume dirs: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		id := e.Name()
+		if !ValidVolumeID(id) {
+			rep.Unknown = append(rep.Unknown, filepath.Join(m.volumesDir(), id))
+			continue
+		}
+		m.mu.Lock()
+		_, committed := m.vols[id]
+		m.mu.Unlock()
+		if committed {
+			continue
+		}
+		if err := os.RemoveAll(m.volDir(id)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rep.RemovedVolumeDirs = append(rep.RemovedVolumeDirs, id)
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) sweepDeltas(refs map[string]bool, rep *SweepReport) error {
+	entries, err := os.ReadDir(m.deltasDir())
+	if err != nil {
+		return fmt.Errorf("list deltas: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		p := m.deltaPath(name)
+		if !m.sweepable(name) {
+			rep.Unknown = append(rep.Unknown, p)
+			continue
+		}
+		if refs[p] || m.tooYoung(e) {
+			continue
+		}
+		if err := os.Remove(p); err != nil && !isNotExist(err) {
+			errs = append(errs, err)
+			continue
+		}
+		rep.RemovedDeltas = append(rep.RemovedDeltas, name)
+	}
+	return errors.Join(errs...)
+}
+
+// sweepable: pool deltas and temp files derived from their names (a writer may
+// create "<delta>.tmp…" next to it).
+func (m *Manager) sweepable(name string) bool {
+	if deltaNamePattern.MatchString(name) {
+		return true
+	}
+	base, _, found := strings.Cut(name, ".tmp")
+	return found && deltaNamePattern.MatchString(base)
+}
+
+// tooYoung protects files a serving process may be about to commit (see
+// DefaultSweepGrace).
+func (m *Manager) tooYoung(e os.DirEntry) bool {
+	if m.grace < 0 {
+		return false
+	}
+	info, err := e.Info()
+	if err != nil {
+		return true // vanished or unreadable: not ours to judge now
+	}
+	return m.now().Sub(info.ModTime()) < m.grace
+}

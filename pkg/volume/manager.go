@@ -1,0 +1,213 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// DefaultSweepGrace protects delta files younger than this from the sweep: a serving
+// process of an attached volume may have created a new top for an online snapshot
+// whose descriptor rename has not happened yet (it runs outside our GC lock).
+const DefaultSweepGrace = 10 * time.Minute
+
+// Options configure a Manager.
+type Options struct {
+	Root     string
+	Store    ImageStore
+	Attacher Attacher
+	Mounter  Mounter // only needed for node operations
+	// SweepGrace: 0 means DefaultSweepGrace, negative means no grace (tests).
+	SweepGrace time.Duration
+	// SkipSweep: a node-only process beside a separate controller process must not
+	// sweep, since it cannot see the controller's in-flight creates.
+	SkipSweep bool
+	// Now is injectable for tests; nil means time.Now.
+	Now func() time.Time
+}
+
+// Manager owns the volumes and snapshots under one storage root. It is safe for
+// concurrent use; everything it knows is rebuilt from disk by Open.
+type Manager struct {
+	root     string
+	store    ImageStore
+	attacher Attacher
+	mounter  Mounter
+	grace    time.Duration
+	now      func() time.Time
+
+	// gc: creators (anything that makes files before committing them) hold it shared,
+	// Sweep holds it exclusively.
+	gc sync.RWMutex
+	// keys serializes operations per volume ID, snapshot ID and name.
+	keys *KeyLock
+
+	mu        sync.Mutex // guards the maps below; never held across I/O
+	vols      map[string]*volumeRecord
+	snaps     map[string]*snapshotRecord
+	volByName map[string]string
+	snapByNm  map[string]string
+
+	// crash, when set by tests, is called at named points between steps and may panic
+	// to simulate a crash there.
+	crash func(point string)
+}
+
+// Open loads the metadata under opts.Root (creating the layout if missing) and sweeps
+// leftovers of interrupted operations.
+func Open(ctx context.Context, opts Options) (*Manager, error) {
+	if opts.Root == "" || opts.Store == nil || opts.Attacher == nil {
+		return nil, fmt.Errorf("volume.Open: root, store and attacher are required: %w", ErrInvalid)
+	}
+	root, err := filepath.Abs(opts.Root)
+	if err != nil {
+		return nil, fmt.Errorf("root %q: %w", opts.Root, err)
+	}
+	m := &Manager{
+		root: root, store: opts.Store, attacher: opts.Attacher, mounter: opts.Mounter,
+		grace: opts.SweepGrace, now: opts.Now, keys: NewKeyLock(),
+	}
+	if m.grace == 0 {
+		m.grace = DefaultSweepGrace
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	if err := m.makeLayout(); err != nil {
+		return nil, err
+	}
+	if err := m.load(); err != nil {
+		return nil, err
+	}
+	if opts.SkipSweep {
+		return m, nil
+	}
+	if _, err := m.Sweep(ctx); err != nil {
+		// A sweep failure only leaves garbage behind; serving must go on.
+		klog.FromContext(ctx).Error(err, "Startup sweep incomplete", "root", root)
+	}
+	return m, nil
+}
+
+// Root is the absolute storage root.
+func (m *Manager) Root() string { return m.root }
+
+func (m *Manager) makeLayout() error {
+	for _, d := range []string{m.volumesDir(), m.deltasDir(), m.volMetaDir(), m.snapMetaDir(), m.stagedDir()} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+func (m *Manager) volumesDir() string  { return filepath.Join(m.root, "volumes") }
+func (m *Manager) deltasDir() string   { return filepath.Join(m.root, "deltas") }
+func (m *Manager) volMetaDir() string  { return filepath.Join(m.root, "meta", "volumes") }
+func (m *Manager) snapMetaDir() string { return filepath.Join(m.root, "meta", "snapshots") }
+func (m *Manager) stagedDir() string   { return filepath.Join(m.root, "meta", "staged") }
+
+// The path helpers below take IDs that were validated (checkVolumeID etc.) or generated.
+func (m *Manager) volDir(id string) string       { return filepath.Join(m.volumesDir(), id) }
+func (m *Manager) deltaPath(name string) string  { return filepath.Join(m.deltasDir(), name) }
+func (m *Manager) volMetaPath(id string) string  { return filepath.Join(m.volMetaDir(), id+".json") }
+func (m *Manager) snapMetaPath(id string) string { return filepath.Join(m.snapMetaDir(), id+".json") }
+func (m *Manager) stagedPath(id string) string   { return filepath.Join(m.stagedDir(), id+".json") }
+
+func (m *Manager) load() error {
+	m.vols, m.snaps = map[string]*volumeRecord{}, map[string]*snapshotRecord{}
+	m.volByName, m.snapByNm = map[string]string{}, map[string]string{}
+	vids, err := listRecords(m.volMetaDir(), ValidVolumeID)
+	if err != nil {
+		return err
+	}
+	for _, id := range vids {
+		rec := &volumeRecord{}
+		if err := readJSON(m.volMetaPath(id), rec); err != nil {
+			return err
+		}
+		if rec.ID != id {
+			return fmt.Errorf("%s: id mismatch %q", m.volMetaPath(id), rec.ID)
+		}
+		m.vols[id], m.volByName[rec.Name] = rec, id
+	}
+	sids, err := listRecords(m.snapMetaDir(), ValidSnapshotID)
+	if err != nil {
+		return err
+	}
+	for _, id := range sids {
+		rec := &snapshotRecord{}
+		if err := readJSON(m.snapMetaPath(id), rec); err != nil {
+			return err
+		}
+		if err := checkSnapshotRecord(id, rec); err != nil {
+			return err
+		}
+		m.snaps[id], m.snapByNm[rec.Name] = rec, id
+	}
+	_, err = listRecords(m.stagedDir(), ValidVolumeID) // drops temp leftovers
+	return err
+}
+
+// checkSnapshotRecord refuses records whose chain could point outside the pool.
+func checkSnapshotRecord(id string, rec *snapshotRecord) error {
+	if rec.ID != id {
+		return fmt.Errorf("snapshot %s: id mismatch %q", id, rec.ID)
+	}
+	for _, n := range rec.Chain {
+		if !deltaNamePattern.MatchString(n) {
+			return fmt.Errorf("snapshot %s: bad delta name %q", id, n)
+		}
+	}
+	return nil
+}
+
+// lockKey takes a keyed lock, waiting for ctx; the driver has already refused
+// concurrent requests with TryLock, so waiting here only orders cross-ID operations.
+func (m *Manager) lockKey(ctx context.Context, key string) (func(), error) {
+	if err := m.keys.Lock(ctx, key); err != nil {
+		return nil, fmt.Errorf("%s: %w: %w", key, ErrBusy, err)
+	}
+	return func() { m.keys.Unlock(key) }, nil
+}
+
+func (m *Manager) crashPoint(point string) {
+	if m.crash != nil {
+		m.crash(point)
+	}
+}
+
+func (m *Manager) volume(id string) (*volumeRecord, error) {
+	if err := checkVolumeID(id); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rec, ok := m.vols[id]
+	if !ok {
+		return nil, fmt.Errorf("volume %s: %w", id, ErrNotFound)
+	}
+	return rec, nil
+}
+
+func (m *Manager) snapshot(id string) (*snapshotRecord, error) {
+	if err := checkSnapshotID(id); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rec, ok := m.snaps[id]
+	if !ok {
+		return nil, fmt.Errorf("snapshot %s: %w", id, ErrNotFound)
+	}
+	return rec, nil
+}
+
+// isNotExist is errors.Is(err, os.ErrNotExist), named for readability at call sites.
+func isNotExist(err error) bool { return errors.Is(err, os.ErrNotExist) }

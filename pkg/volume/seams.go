@@ -1,0 +1,67 @@
+package volume
+
+import "context"
+
+// CreateOptions mirrors image.CreateOptions so this package does not depend on the
+// ploop format code; the adapter in the cmd copies the fields.
+type CreateOptions struct {
+	ClusterSize int64  // 0 = 1 MiB
+	DeltaFile   string // the new writable top; we always pass an absolute pool path
+}
+
+// SnapshotOptions mirrors image.SnapshotOptions.
+type SnapshotOptions struct {
+	NewDeltaFile string // the new writable top; we always pass an absolute pool path
+}
+
+// ImageStore is the offline ploop image directory API of pkg/image (see docs/design.md).
+type ImageStore interface {
+	// Create makes an empty image dir whose only delta is opts.DeltaFile.
+	Create(ctx context.Context, dir string, size int64, opts CreateOptions) error
+	// CreateOnChain makes an image dir on top of frozen base deltas (bottom..top) plus
+	// a new empty writable top opts.DeltaFile. Constant time.
+	CreateOnChain(ctx context.Context, dir string, base []string, size int64, opts CreateOptions) error
+	// SnapshotDir freezes the top of an unattached image; new writes go to
+	// opts.NewDeltaFile. The descriptor rename is its commit point.
+	SnapshotDir(ctx context.Context, dir string, opts SnapshotOptions) (frozenGUID string, err error)
+	// ChainFiles is ReadDescriptor(dir) + Descriptor.ChainFiles(dir): absolute paths,
+	// bottom..top.
+	ChainFiles(ctx context.Context, dir string) ([]string, error)
+	// GrowDir grows an unattached image to size.
+	GrowDir(ctx context.Context, dir string, size int64) error
+	// AllocatedBytes is the data held by one delta file.
+	AllocatedBytes(ctx context.Context, path string) (int64, error)
+}
+
+// Attacher serves an image dir as a block device (pkg/attach). All methods are
+// idempotent; the serving process owns the chain while attached, so online snapshot
+// and grow must go through it rather than through ImageStore.
+type Attacher interface {
+	Attach(ctx context.Context, volDir string) (devicePath string, err error)
+	Detach(ctx context.Context, volDir string) error
+	Attached(ctx context.Context, volDir string) (devicePath string, ok bool, err error)
+	// Snapshot quiesces I/O, freezes the fs, switches the top to newDeltaFile and
+	// rewrites the descriptor itself.
+	Snapshot(ctx context.Context, volDir, newDeltaFile string) (frozenGUID string, err error)
+	Grow(ctx context.Context, volDir string, size int64) error
+}
+
+// FsStats is what NodeGetVolumeStats reports for a mounted filesystem.
+type FsStats struct {
+	TotalBytes, AvailableBytes, UsedBytes int64
+	TotalInodes, FreeInodes, UsedInodes   int64
+}
+
+// Mounter is the node-side filesystem seam; realMounter wraps k8s.io/mount-utils.
+type Mounter interface {
+	// FormatAndMount formats source with fsType if it holds no filesystem, then mounts it.
+	FormatAndMount(ctx context.Context, source, target, fsType string, options []string) error
+	// Mount is a plain mount; callers pass "bind" (and "ro") for publish.
+	Mount(ctx context.Context, source, target, fsType string, options []string) error
+	Unmount(ctx context.Context, target string) error
+	// IsMountPoint reports false (no error) when target does not exist.
+	IsMountPoint(ctx context.Context, target string) (bool, error)
+	// ResizeFs grows the filesystem on devicePath mounted at mountPath to the device size.
+	ResizeFs(ctx context.Context, devicePath, mountPath string) error
+	Stats(ctx context.Context, path string) (FsStats, error)
+}
