@@ -84,8 +84,8 @@ func ResolveCapacity(required, limit, min int64) (int64, error) {
 		return 0, fmt.Errorf("limit %d below required %d: %w", limit, required, ErrOutOfRange)
 	}
 	size := max(required, min)
-	if required == 0 {
-		size = max(DefaultCapacity, min)
+	if required == 0 && min == 0 { // no size asked and no source to copy it from
+		size = DefaultCapacity
 		if limit > 0 && size > limit {
 			size = max(limit/SizeAlign*SizeAlign, min, SizeAlign)
 		}
