@@ -37,14 +37,22 @@ func (m *Manager) references(ctx context.Context) (map[string]bool, error) {
 	m.mu.Unlock()
 	for _, id := range volIDs {
 		chain, err := m.store.ChainFiles(ctx, m.volDir(id))
-		if err != nil {
+		if err != nil && m.committed(id) {
 			return nil, fmt.Errorf("chain of volume %s: %w", id, err)
 		}
+		// else deleted since we listed it: it references nothing any more.
 		for _, p := range chain {
 			refs[filepath.Clean(p)] = true
 		}
 	}
 	return refs, nil
+}
+
+func (m *Manager) committed(volID string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.vols[volID]
+	return ok
 }
 
 // collect deletes the candidate deltas nobody references any more. It runs after
@@ -98,10 +106,7 @@ func (m *Manager) sweepVolumeDirs(rep *SweepReport) error {
 			rep.Unknown = append(rep.Unknown, filepath.Join(m.volumesDir(), id))
 			continue
 		}
-		m.mu.Lock()
-		_, committed := m.vols[id]
-		m.mu.Unlock()
-		if committed {
+		if m.committed(id) {
 			continue
 		}
 		if err := os.RemoveAll(m.volDir(id)); err != nil {
