@@ -174,12 +174,9 @@ func verifyAfterCrash(t *testing.T, what string, fsys *memFS, dir string, want [
 	if err := img.Close(); err != nil {
 		t.Fatalf("%s: close: %v", what, err)
 	}
-	r, err = checkFS(fsys, dir, true)
-	if err != nil || !r.OK() {
-		t.Fatalf("%s: check after close: %v %+v", what, err, r)
-	}
+	// Opening for writing recovered the dirty top: nothing left to repair.
 	if r, _ = checkFS(fsys, dir, false); !r.Clean() {
-		t.Fatalf("%s: not clean after repair: %+v", what, r)
+		t.Fatalf("%s: not clean after open and close: %+v", what, r)
 	}
 }
 

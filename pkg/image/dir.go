@@ -1,6 +1,7 @@
 package image
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -147,6 +148,11 @@ func (img *Image) openChain(readOnly bool) (*Chain, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !readOnly {
+		if err := recoverDirtyTop(img.fs, files[len(files)-1]); err != nil {
+			return nil, err
+		}
+	}
 	c, err := OpenChain(files, ChainOptions{FS: img.fs, ReadOnly: readOnly})
 	if err != nil {
 		return nil, err
@@ -161,6 +167,32 @@ func (img *Image) openChain(readOnly bool) (*Chain, error) {
 		}
 	}
 	return c, nil
+}
+
+// recoverDirtyTop checks a top delta that was not closed cleanly, as ploop
+// does on mount: leaked space after a crash is trimmed and the mark cleared;
+// real corruption refuses the open rather than guess at the data.
+func recoverDirtyTop(fsys FS, top string) error {
+	f, err := fsys.Open(top, false)
+	if err != nil {
+		return fmt.Errorf("open delta: %w", err)
+	}
+	buf := make([]byte, HeaderSize)
+	_, rerr := f.ReadAt(buf, 0)
+	f.Close()
+	if rerr != nil || binary.LittleEndian.Uint32(buf[44:]) != inUseMark {
+		return nil // clean, or so broken that opening it reports why
+	}
+	r, err := checkDelta(fsys, top, false)
+	if err != nil {
+		return err
+	}
+	if rep := (&Report{Deltas: []DeltaReport{*r}}); !rep.OK() {
+		return fmt.Errorf("%w: %s was not closed cleanly and has errors; run `csi-ploop image check --repair` (%s)",
+			ErrCorrupt, top, r.Problems[0].Message)
+	}
+	_, err = checkDelta(fsys, top, true)
+	return err
 }
 
 func (img *Image) takeLock() error {
