@@ -82,6 +82,14 @@ func checkFS(fsys FS, path string, repair bool) (*Report, error) {
 	}
 	r := &Report{}
 	files := []string{path}
+	if st.IsDir() && repair {
+		// Repairing under a running server would corrupt what it serves.
+		img := &Image{Dir: path, fs: fsys}
+		if err := img.takeLock(); err != nil {
+			return nil, err
+		}
+		defer img.unlock()
+	}
 	if st.IsDir() {
 		desc, err := readDescriptor(fsys, path)
 		if err != nil {

@@ -84,6 +84,16 @@ func writeNewDelta(f File, h Header) error {
 	return f.Sync()
 }
 
+// ReadHeader reads and validates the header of the delta file at path.
+func ReadHeader(path string) (Header, error) {
+	d, err := openDelta(NewOSFS(false), path, false)
+	if err != nil {
+		return Header{}, err
+	}
+	h := d.h
+	return h, d.close()
+}
+
 // openDelta opens and validates a delta. A writable delta gets the in-use
 // mark, made durable before any data is written.
 func openDelta(fsys FS, path string, writable bool) (*Delta, error) {

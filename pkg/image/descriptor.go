@@ -128,6 +128,12 @@ func (d *Descriptor) image(guid string) (DescImage, bool) {
 	return DescImage{}, false
 }
 
+// ValidGUID reports whether s is a GUID in ploop's braced form.
+func ValidGUID(s string) bool { return guidPattern.MatchString(s) }
+
+// Parent returns the GUID of the snapshot below guid (ZeroGUID at the bottom).
+func (d *Descriptor) Parent(guid string) (string, bool) { return d.parent(guid) }
+
 func (d *Descriptor) parent(guid string) (string, bool) {
 	for _, s := range d.Snapshots.Shots {
 		if strings.EqualFold(s.GUID, guid) {

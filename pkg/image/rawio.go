@@ -11,8 +11,33 @@ import (
 )
 
 // Import makes dir an image directory holding the raw disk image rawPath.
-// Holes and all-zero clusters of the raw file stay unallocated.
+// Holes and all-zero clusters of the raw file stay unallocated. The image is
+// built in a temporary directory and renamed into place, so dir never holds
+// a half-imported image.
 func Import(rawPath, dir string, opts CreateOptions) error {
+	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+		return fmt.Errorf("import into %s: %w (not empty)", dir, os.ErrExist)
+	}
+	if filepath.IsAbs(opts.DeltaFile) {
+		return fmt.Errorf("%w: import needs a delta file inside the directory", ErrInvalid)
+	}
+	tmp := filepath.Clean(dir) + ".importing"
+	if err := os.RemoveAll(tmp); err != nil {
+		return err
+	}
+	if err := importInto(rawPath, tmp, opts); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	_ = os.Remove(dir) // an empty directory the caller made is replaced
+	if err := os.Rename(tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	return NewOSFS(false).SyncDir(filepath.Dir(filepath.Clean(dir)))
+}
+
+func importInto(rawPath, dir string, opts CreateOptions) error {
 	src, err := os.Open(rawPath)
 	if err != nil {
 		return err
