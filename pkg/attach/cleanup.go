@@ -1,0 +1,111 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/csi-ploop/csi-ploop/pkg/image"
+	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
+)
+
+// cleanupStale removes what a dead server left in runtime directory rt:
+// loop devices on its FUSE file, the FUSE mount (lazily: a dead connection
+// cannot be unmounted normally while the loop device holds it) and the
+// socket. A loop device that is still mounted cannot go now: the kernel
+// frees it when its filesystem is unmounted; that is reported as ErrBusy
+// after everything else is done.
+func cleanupStale(rt string, log *slog.Logger) error {
+	mnt := filepath.Join(rt, mountName)
+	var busy []error
+	infos, err := loopdev.List()
+	if err != nil {
+		return fmt.Errorf("attach: cleanup: %w", err)
+	}
+	for _, info := range infos {
+		if !strings.HasPrefix(info.BackingFile, mnt+"/") {
+			continue
+		}
+		log.Warn("detaching the loop device of a dead server", "device", info.Path)
+		if err := loopdev.Detach(info.Path); err != nil {
+			busy = append(busy, fmt.Errorf("%w: stale %s: %w", ErrBusy, info.Path, err))
+		}
+	}
+	mounted, err := isMountPoint(mnt)
+	if err != nil {
+		return err
+	}
+	if mounted {
+		log.Warn("unmounting the FUSE mount of a dead server", "mount", mnt)
+		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("attach: cleanup: unmount %s: %w", mnt, err)
+		}
+	}
+	if err := os.Remove(filepath.Join(rt, socketName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("attach: cleanup: %w", err)
+	}
+	return errors.Join(busy...)
+}
+
+// cleanup is Client.Cleanup on an absolute dir.
+func cleanup(ctx context.Context, base, dir string, log *slog.Logger) error {
+	rt := runtimeDir(base, dir)
+	if _, err := os.Stat(rt); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := probeDead(ctx, rt, dir); err != nil {
+		return err
+	}
+	busy := cleanupStale(rt, log)
+	if busy != nil && !errors.Is(busy, ErrBusy) {
+		return busy
+	}
+	if err := os.RemoveAll(rt); err != nil {
+		return errors.Join(fmt.Errorf("attach: cleanup: %w", err), busy)
+	}
+	return busy
+}
+
+// probeDead makes sure no process serves dir: the socket does not answer
+// and the image lock is free.
+func probeDead(ctx context.Context, rt, dir string) error {
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	_, err := call(pctx, rt, request{Op: opStatus})
+	if err == nil {
+		return fmt.Errorf("%w: %s (a server answers)", ErrAlreadyAttached, dir)
+	}
+	if !errors.Is(err, ErrNotAttached) {
+		return fmt.Errorf("%w: %s: %w", ErrLocked, dir, err)
+	}
+	locked, err := imageLocked(dir)
+	if err != nil {
+		return err
+	}
+	if locked {
+		return fmt.Errorf("%w: %s", ErrLocked, dir)
+	}
+	return nil
+}
+
+// imageLocked reports whether a process holds the image's lock. A
+// directory that is not (or no longer) an image is not locked.
+func imageLocked(dir string) (bool, error) {
+	img, err := image.OpenDir(dir, image.OpenOptions{})
+	if errors.Is(err, image.ErrBusy) {
+		return true, nil
+	}
+	if err != nil {
+		return false, nil
+	}
+	if err := img.Close(); err != nil {
+		return false, fmt.Errorf("attach: probe lock of %s: %w", dir, err)
+	}
+	return false, nil
+}

@@ -1,0 +1,198 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/csi-ploop/csi-ploop/pkg/blockmap"
+	"github.com/csi-ploop/csi-ploop/pkg/image"
+	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
+)
+
+// handle answers one control request. The returned func runs after the
+// response is written.
+func (s *server) handle(req request) (response, func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.RequestTimeout)
+	defer cancel()
+	switch req.Op {
+	case opStatus:
+		st, err := s.statusChecked()
+		return reply(err, func(r *response) { r.Status = &st }), nil
+	case opSnapshot:
+		guid, err := s.snapshot(ctx, req.NewDeltaFile)
+		return reply(err, func(r *response) { r.GUID = guid }), nil
+	case opGrow:
+		return reply(s.grow(ctx, req.Size), nil), nil
+	case opDetach:
+		err := s.detach()
+		if err != nil {
+			return errResponse(err), nil
+		}
+		return response{OK: true}, s.stop
+	}
+	return errResponse(fmt.Errorf("%w: unknown operation %q", ErrInvalid, req.Op)), nil
+}
+
+func reply(err error, fill func(*response)) response {
+	if err != nil {
+		return errResponse(err)
+	}
+	r := response{OK: true}
+	if fill != nil {
+		fill(&r)
+	}
+	return r
+}
+
+// live is checked under s.mu by every operation.
+func (s *server) live() error {
+	if s.torn.loop || s.torn.done {
+		return fmt.Errorf("%w: %s is being detached", ErrNotAttached, s.dir)
+	}
+	return nil
+}
+
+func (s *server) statusChecked() (Status, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.live(); err != nil {
+		return Status{}, err
+	}
+	return s.status(), nil
+}
+
+// snapshot freezes the filesystem on the device (if one is mounted),
+// drains the FUSE requests in flight and switches the top delta. The
+// filesystem is thawed whatever happens.
+func (s *server) snapshot(ctx context.Context, newDeltaFile string) (guid string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.live(); err != nil {
+		return "", err
+	}
+	frozen, err := freezeAll(s.dev)
+	if err != nil {
+		return "", err
+	}
+	defer func() { err = errors.Join(err, thawAll(frozen)) }()
+	err = s.bm.Quiesce(ctx, func() error {
+		g, err := s.img.Snapshot(image.SnapshotOptions{NewDeltaFile: newDeltaFile})
+		guid = g
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("attach: snapshot %s: %w", s.dir, err)
+	}
+	s.log.Info("snapshot", "frozen", guid, "depth", s.img.Chain().Depth(), "fsFrozen", len(frozen) > 0)
+	return guid, nil
+}
+
+// grow raises the virtual size and makes the loop device see it; the
+// filesystem on it is grown by the caller (resize2fs, xfs_growfs).
+func (s *server) grow(ctx context.Context, size int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.live(); err != nil {
+		return err
+	}
+	if size <= 0 || size%4096 != 0 {
+		return fmt.Errorf("%w: size %d is not a positive multiple of 4096", ErrInvalid, size)
+	}
+	if cur := s.img.Chain().Size(); size < cur {
+		return fmt.Errorf("%w: cannot shrink from %d to %d bytes", ErrInvalid, cur, size)
+	}
+	if size > s.img.Chain().Size() {
+		if err := s.bm.Quiesce(ctx, func() error { return s.img.Grow(size) }); err != nil {
+			return fmt.Errorf("attach: grow %s: %w", s.dir, err)
+		}
+	}
+	if err := s.bm.Resized(); err != nil {
+		return fmt.Errorf("attach: grow %s: %w", s.dir, err)
+	}
+	if err := loopdev.SetCapacity(s.dev); err != nil {
+		return fmt.Errorf("attach: grow %s: %w", s.dir, err)
+	}
+	s.log.Info("grown", "size", size)
+	return nil
+}
+
+// detach tears down in order: loop device, FUSE mount, image, runtime
+// directory. A step that fails is retried by the next detach; a mounted
+// or open device is refused with ErrBusy and everything keeps serving.
+func (s *server) detach() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.torn.done {
+		return nil
+	}
+	if err := s.detachLoop(); err != nil {
+		return err
+	}
+	if !s.torn.fuse {
+		if err := s.bm.Close(); err != nil {
+			if errors.Is(err, blockmap.ErrBusy) {
+				return fmt.Errorf("%w: %w", ErrBusy, err)
+			}
+			return fmt.Errorf("attach: %w", err)
+		}
+		s.torn.fuse = true
+	}
+	if !s.torn.image {
+		s.torn.image = true // Close is not retried: the chain is closed either way
+		if err := s.img.Close(); err != nil {
+			return fmt.Errorf("attach: close image: %w", err)
+		}
+	}
+	s.ln.Close()
+	s.torn.done = true
+	s.log.Info("detached", "device", s.dev)
+	if err := os.RemoveAll(s.rt); err != nil {
+		return fmt.Errorf("attach: remove runtime dir: %w", err)
+	}
+	return nil
+}
+
+func (s *server) detachLoop() error {
+	if s.torn.loop {
+		return nil
+	}
+	ours, err := s.loopStillOurs()
+	if err != nil {
+		return err
+	}
+	if ours {
+		points, err := deviceMounts(s.dev)
+		if err != nil {
+			return err
+		}
+		if len(points) > 0 {
+			return fmt.Errorf("%w: %s is mounted on %s; unmount it first",
+				ErrBusy, s.dev, strings.Join(points, ", "))
+		}
+		if err := loopdev.Detach(s.dev); err != nil {
+			if errors.Is(err, loopdev.ErrBusy) {
+				return fmt.Errorf("%w: %w", ErrBusy, err)
+			}
+			return fmt.Errorf("attach: %w", err)
+		}
+	}
+	s.torn.loop = true
+	return nil
+}
+
+// loopStillOurs reports whether s.dev is still attached to our FUSE file.
+// After a detach that was deferred (autoclear) the kernel may have freed
+// the device and given the number to someone else.
+func (s *server) loopStillOurs() (bool, error) {
+	info, err := loopdev.Status(s.dev)
+	if errors.Is(err, loopdev.ErrNotAttached) || errors.Is(err, loopdev.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("attach: %w", err)
+	}
+	return info.BackingFile == s.bm.FilePath(), nil
+}

@@ -1,0 +1,239 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"sync"
+	"time"
+
+	"github.com/csi-ploop/csi-ploop/pkg/blockmap"
+	"github.com/csi-ploop/csi-ploop/pkg/image"
+	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
+)
+
+// ServeOptions configure Serve. The zero value is usable.
+type ServeOptions struct {
+	// RunDir is the parent of the runtime directories; "" = DefaultRunDir.
+	RunDir string
+	// RequestTimeout bounds one disk request before the FUSE connection is
+	// aborted; 0 = DefaultRequestTimeout. It also bounds the drain of a
+	// snapshot or grow.
+	RequestTimeout time.Duration
+	// Logger; nil = slog.Default().
+	Logger *slog.Logger
+	// Ready, if set, is called once the device and the control socket are
+	// up (the command prints the device path from it).
+	Ready func(Status)
+}
+
+func (o ServeOptions) withDefaults() ServeOptions {
+	o.RunDir = orDefault(o.RunDir, DefaultRunDir)
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// Serve attaches the image directory dir as a loop device and serves it
+// until a detach request, or until ctx ends and the device can be detached
+// (when ctx ends while a filesystem is still mounted on the device, Serve
+// logs that and keeps serving: pulling the device away would fail the
+// filesystem). It returns ErrAlreadyAttached if another process serves dir,
+// and ErrAborted if the FUSE connection was aborted.
+func Serve(ctx context.Context, dir string, opts ServeOptions) error {
+	opts = opts.withDefaults()
+	abs, err := absDir(dir)
+	if err != nil {
+		return err
+	}
+	stopProfile, err := startProfile()
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
+	s, err := start(ctx, abs, opts)
+	if err != nil {
+		return err
+	}
+	s.log.Info("attached", "device", s.dev, "dir", abs)
+	if opts.Ready != nil {
+		opts.Ready(s.status())
+	}
+	return s.run(ctx)
+}
+
+// startProfile starts a CPU profile when CPUProfileEnv names a file.
+func startProfile() (stop func(), err error) {
+	path := os.Getenv(CPUProfileEnv)
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("attach: cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("attach: cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// server is the state of one serving process.
+type server struct {
+	dir, rt string
+	opts    ServeOptions
+	log     *slog.Logger
+	img     *image.Image
+	bm      *blockmap.Server
+	dev     string
+	ln      *net.UnixListener
+
+	mu   sync.Mutex // one control operation at a time
+	torn struct{ loop, fuse, image, done bool }
+
+	stopped  chan struct{} // closed once torn down and answered
+	stopOnce sync.Once
+}
+
+// start locks the image, mounts it, attaches the loop device and listens.
+// On error everything done so far is undone.
+func start(ctx context.Context, dir string, opts ServeOptions) (_ *server, err error) {
+	img, err := image.OpenDir(dir, image.OpenOptions{})
+	if errors.Is(err, image.ErrBusy) {
+		return nil, fmt.Errorf("%w: %s: %w", ErrAlreadyAttached, dir, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attach: open %s: %w", dir, err)
+	}
+	rt := runtimeDir(opts.RunDir, dir)
+	s := &server{dir: dir, rt: rt, opts: opts, img: img, stopped: make(chan struct{}),
+		log: opts.Logger.With("dir", dir)}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, s.abandon())
+		}
+	}()
+	// We hold the image lock: whatever is in rt was left by a dead server.
+	if err := cleanupStale(rt, s.log); err != nil && !errors.Is(err, ErrBusy) {
+		return nil, err
+	}
+	if err := os.MkdirAll(rt, 0o700); err != nil {
+		return nil, fmt.Errorf("attach: runtime dir: %w", err)
+	}
+	if err := s.attachDevice(ctx); err != nil {
+		return nil, err
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(rt, socketName), Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("attach: control socket: %w", err)
+	}
+	s.ln = ln
+	return s, nil
+}
+
+// attachDevice mounts the FUSE file and attaches a loop device to it.
+func (s *server) attachDevice(ctx context.Context) error {
+	bm, err := blockmap.Mount(ctx, filepath.Join(s.rt, mountName), s.img.Chain(), blockmap.Options{
+		RequestTimeout: s.opts.RequestTimeout,
+		Logger:         s.log,
+	})
+	if err != nil {
+		return fmt.Errorf("attach: %w", err)
+	}
+	s.bm = bm
+	info, err := loopdev.AttachInfo(ctx, bm.FilePath(), loopdev.Options{DirectIO: true, BlockSize: 4096})
+	if err != nil {
+		return fmt.Errorf("attach: %w", err)
+	}
+	s.dev = info.Path
+	return nil
+}
+
+// abandon undoes a failed start (no filesystem can be mounted yet).
+func (s *server) abandon() error {
+	var errs []error
+	if s.ln != nil {
+		errs = append(errs, s.ln.Close())
+	}
+	if s.dev != "" {
+		errs = append(errs, loopdev.Detach(s.dev))
+	}
+	if s.bm != nil {
+		errs = append(errs, s.bm.Close())
+	}
+	errs = append(errs, s.img.Close())
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return os.RemoveAll(s.rt)
+}
+
+func (s *server) status() Status {
+	c := s.img.Chain()
+	return Status{Device: s.dev, PID: os.Getpid(), Dir: s.dir, Depth: c.Depth(), Size: c.Size()}
+}
+
+// run serves control requests until the device is detached.
+func (s *server) run(ctx context.Context) error {
+	go s.acceptLoop()
+	dead := make(chan struct{})
+	go func() { s.bm.Wait(); close(dead) }()
+	sig := ctx.Done()
+	for {
+		select {
+		case <-s.stopped:
+			return nil
+		case <-dead:
+			return s.connectionEnded()
+		case <-sig:
+			err := s.detach()
+			if err == nil {
+				s.stop()
+				return nil
+			}
+			s.log.Error("shutdown requested, but the device cannot be detached; still serving", "err", err)
+			sig = nil
+		}
+	}
+}
+
+// connectionEnded handles the end of FUSE serving: our own detach, or an
+// abort (watchdog, fusectl, someone unmounted us).
+func (s *server) connectionEnded() error {
+	s.mu.Lock()
+	ours := s.torn.fuse
+	s.mu.Unlock()
+	if ours {
+		<-s.stopped // the detach request is being answered
+		return nil
+	}
+	s.log.Error("FUSE connection ended unexpectedly; the device now fails all I/O")
+	s.ln.Close()
+	os.Remove(filepath.Join(s.rt, socketName))
+	// The image is not closed: a Disk call may still hang in it, and the
+	// in-use mark rightly records an unclean shutdown. Cleanup removes
+	// the loop device and the mount once their users are gone.
+	return fmt.Errorf("%w: %s (device %s)", ErrAborted, s.dir, s.dev)
+}
+
+func (s *server) stop() { s.stopOnce.Do(func() { close(s.stopped) }) }
+
+func (s *server) acceptLoop() {
+	for {
+		conn, err := s.ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		go serveConn(conn, s.handle)
+	}
+}

@@ -1,0 +1,121 @@
+package imagecli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/csi-ploop/csi-ploop/pkg/attach"
+)
+
+// registerAttachCommands adds the commands that serve an image as a block
+// device (pkg/attach). newTable calls it.
+func registerAttachCommands(t *table) {
+	t.register("attach", "serve an image as a loop device; prints the device", runAttach)
+	t.register("detach", "detach an attached image and stop its server", runDetach)
+	t.register("status", "show the device and server of an attached image", runStatus)
+}
+
+// runDirFlag adds --run-dir to fs.
+func runDirFlag(fs *flag.FlagSet) *string {
+	return fs.String("run-dir", attach.DefaultRunDir, "parent of the per-image runtime directories")
+}
+
+func runAttach(ctx context.Context, args []string, stdio IO) int {
+	e := env{name: "attach", stdio: stdio}
+	u := usage{synopsis: "attach [--foreground=false] [--run-dir DIR] IMAGEDIR", nargs: 1, text: `
+Attach the image directory IMAGEDIR as a loop device (/dev/loopN) and serve
+it: this process holds the image, a FUSE mount of the disk and the loop
+device, and answers a control socket (online snapshot, grow, detach).
+Prints the device path on stdout once it is ready, then serves until
+'csi-ploop image detach IMAGEDIR' or SIGINT/SIGTERM (a device that is still
+mounted is not detached: unmount it first).
+--foreground=false is how the CSI driver starts it, in its own session with
+output to RUNDIR/<id>/serve.log: SIGHUP is ignored.
+The env var CSI_PLOOP_CPUPROFILE=FILE writes a CPU profile on exit.`}
+	fs := newFlags(e.name)
+	fg := fs.Bool("foreground", true, "run attached to the terminal (false: started detached)")
+	runDir := runDirFlag(fs)
+	timeout := fs.Duration("request-timeout", attach.DefaultRequestTimeout,
+		"a disk request slower than this aborts the device (I/O errors instead of a hang)")
+	pos, code, ok := e.parse(fs, u, args)
+	if !ok {
+		return code
+	}
+	if !*fg {
+		signal.Ignore(syscall.SIGHUP)
+	}
+	opts := attach.ServeOptions{
+		RunDir:         *runDir,
+		RequestTimeout: *timeout,
+		Logger:         slog.New(slog.NewTextHandler(stdio.Stderr, nil)),
+		Ready:          func(st attach.Status) { fmt.Fprintln(stdio.Stdout, st.Device) },
+	}
+	if err := attach.Serve(ctx, pos[0], opts); err != nil {
+		return e.fail(fmt.Errorf("attach %s: %w", pos[0], err))
+	}
+	return ExitOK
+}
+
+func runDetach(ctx context.Context, args []string, stdio IO) int {
+	e := env{name: "detach", stdio: stdio}
+	u := usage{synopsis: "detach [--run-dir DIR] IMAGEDIR", nargs: 1, text: `
+Detach the loop device of IMAGEDIR and stop its serving process. Succeeds if
+the image is not attached; cleans up after a serving process that died.
+Refused while the device is mounted.`}
+	fs := newFlags(e.name)
+	runDir := runDirFlag(fs)
+	pos, code, ok := e.parse(fs, u, args)
+	if !ok {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	c := attach.NewClient(attach.AttachOptions{RunDir: *runDir})
+	if err := c.Detach(ctx, pos[0]); err != nil {
+		return e.fail(attachHint(fmt.Errorf("detach %s: %w", pos[0], err)))
+	}
+	return ExitOK
+}
+
+func runStatus(ctx context.Context, args []string, stdio IO) int {
+	e := env{name: "status", stdio: stdio}
+	u := usage{synopsis: "status [--run-dir DIR] IMAGEDIR", nargs: 1, text: `
+Print, as JSON, the device, server pid, chain depth and size of the attached
+image IMAGEDIR. Fails if it is not attached.`}
+	fs := newFlags(e.name)
+	runDir := runDirFlag(fs)
+	pos, code, ok := e.parse(fs, u, args)
+	if !ok {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := attach.NewClient(attach.AttachOptions{RunDir: *runDir}).Status(ctx, pos[0])
+	if err != nil {
+		return e.fail(fmt.Errorf("status %s: %w", pos[0], err))
+	}
+	enc := json.NewEncoder(stdio.Stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(st); err != nil {
+		return e.fail(err)
+	}
+	return ExitOK
+}
+
+// attachHint adds what to do to the errors of pkg/attach.
+func attachHint(err error) error {
+	switch {
+	case errors.Is(err, attach.ErrBusy):
+		return fmt.Errorf("%w (unmount the filesystem on the device first)", err)
+	case errors.Is(err, attach.ErrLocked):
+		return fmt.Errorf("%w (a process holds the image but does not answer; see its serve.log)", err)
+	}
+	return err
+}
