@@ -1,0 +1,142 @@
+package attach_test
+
+import (
+	"errors"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/csi-ploop/csi-ploop/pkg/attach"
+	"github.com/csi-ploop/csi-ploop/pkg/image"
+)
+
+// TestKilledServer: kill -9 of the serving process fails I/O quickly,
+// Cleanup leaves nothing behind, and a re-attach finds the data flushed
+// before the kill.
+func TestKilledServer(t *testing.T) {
+	f := newFixture(t, 512<<20)
+	dev := f.attach()
+	mkfs(t, dev, "ext4")
+	mp := f.mount(dev, "ext4")
+	sum, err := writeRandom(filepath.Join(mp, "flushed"), 8<<20, 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, "sync")
+	pid := f.status().PID
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid)
+
+	start := time.Now()
+	if err := within(5*time.Second, func() error { return readDirect(dev) }); err == nil || errors.Is(err, errHung) {
+		t.Fatalf("read from the device of a dead server: %v, want a quick error", err)
+	} else {
+		t.Logf("device read after kill: %v after %v", err, time.Since(start))
+	}
+	start = time.Now()
+	err = within(5*time.Second, func() error {
+		_, err := writeRandom(filepath.Join(mp, "after"), 1<<20, 12)
+		return err
+	})
+	if err == nil || errors.Is(err, errHung) {
+		t.Fatalf("fsynced write to the filesystem of a dead server: %v, want a quick error", err)
+	}
+	t.Logf("fs write after kill: %v after %v", err, time.Since(start))
+
+	if _, err := f.c.Status(f.ctx(), f.dir); !errors.Is(err, attach.ErrNotAttached) {
+		t.Fatalf("status of a dead server: %v, want ErrNotAttached", err)
+	}
+	unmountQuiet(mp)
+	if err := f.c.Cleanup(f.ctx(), f.dir); err != nil {
+		t.Fatalf("cleanup: %v", err)
+	}
+	if leaks := leaksUnder(theSuite.runDir); leaks != "" {
+		t.Fatalf("after cleanup:\n%s", leaks)
+	}
+	dev = f.attach()
+	mp = f.mount(dev, "ext4")
+	verifyFile(t, filepath.Join(mp, "flushed"), sum)
+}
+
+// TestAttachAfterDeadServer: Attach itself cleans up after a dead server.
+func TestAttachAfterDeadServer(t *testing.T) {
+	f := newFixture(t, 256<<20)
+	f.attach()
+	pid := f.status().PID
+	syscall.Kill(pid, syscall.SIGKILL)
+	waitGone(t, pid)
+	dev := f.attach()
+	if st := f.status(); st.Device != dev || st.PID == pid {
+		t.Fatalf("re-attach: %+v", st)
+	}
+}
+
+// TestSnapshotDirFallsBack: the CLI helper snapshots offline, and online
+// through the server once the image is attached.
+func TestSnapshotDirFallsBack(t *testing.T) {
+	f := newFixture(t, 256<<20)
+	if _, err := attach.SnapshotDir(f.ctx(), f.dir, theSuite.runDir, image.SnapshotOptions{}); err != nil {
+		t.Fatalf("offline: %v", err)
+	}
+	f.attach()
+	if _, err := attach.SnapshotDir(f.ctx(), f.dir, theSuite.runDir, image.SnapshotOptions{}); err != nil {
+		t.Fatalf("online: %v", err)
+	}
+	if err := attach.GrowDir(f.ctx(), f.dir, theSuite.runDir, 512<<20); err != nil {
+		t.Fatalf("online grow: %v", err)
+	}
+	if st := f.status(); st.Depth != 3 || st.Size != 512<<20 {
+		t.Fatalf("status: %+v", st)
+	}
+}
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still there", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// within runs fn and fails with ErrDeadlineExceeded-like error if it hangs
+// (the goroutine is then left behind: the point is to detect a hang).
+func within(d time.Duration, fn func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		return errHung
+	}
+}
+
+var errHung = errors.New("I/O hung")
+
+func readDirect(dev string) error {
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	buf, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(buf)
+	for off := int64(0); off < 64<<20; off += 1 << 20 {
+		if _, err := unix.Pread(fd, buf, off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
