@@ -79,7 +79,9 @@ type Options struct {
 	RequestTimeout time.Duration
 
 	// MaxWrite is the largest read or write request; 0 means
-	// DefaultMaxWrite. go-fuse caps it at the kernel's limit.
+	// DefaultMaxWrite. go-fuse caps it at the kernel's limit. Every request
+	// in flight holds a buffer of about this size, so memory use peaks
+	// near (MaxBackground + a few) * MaxWrite.
 	MaxWrite int
 
 	// MaxBackground is how many async requests the kernel keeps in
@@ -242,8 +244,9 @@ func (s *Server) FilePath() string { return s.filePath }
 // Quiesce blocks new requests, waits for those in flight, runs fn and
 // resumes. Writers see a pause, never an error. If ctx ends before the
 // drain completes, I/O resumes and ctx's error is returned without running
-// fn. fn must not do I/O on FilePath (it would wait for itself). Concurrent
-// Quiesce calls run one after another.
+// fn. fn must not do I/O on FilePath (it would wait for itself); it may call
+// Resized, which is not gated. Concurrent Quiesce calls run one after
+// another.
 func (s *Server) Quiesce(ctx context.Context, fn func() error) error {
 	return s.gate.quiesce(ctx, fn)
 }

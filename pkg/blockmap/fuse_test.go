@@ -202,3 +202,12 @@ func TestWatchdogAbortsStuckDisk(t *testing.T) {
 	release() // Serve waits for its handler goroutines to return
 	s.Wait()
 }
+
+func TestInvalidFileName(t *testing.T) {
+	for _, name := range []string{"a/b", ".", ".."} {
+		_, err := Mount(t.Context(), t.TempDir(), nil, Options{FileName: name})
+		if !errors.Is(err, ErrInvalidOptions) {
+			t.Errorf("FileName %q: %v; want ErrInvalidOptions", name, err)
+		}
+	}
+}

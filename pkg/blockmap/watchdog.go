@@ -57,7 +57,8 @@ func (w *watchdog) tick() (overdue bool) {
 // run calls onOverdue once when a request is overdue, or returns when done
 // is closed.
 func (w *watchdog) run(timeout time.Duration, done <-chan struct{}, onOverdue func()) {
-	t := time.NewTicker(timeout / 2)
+	// Floor: NewTicker panics on 0, and sub-millisecond ticks only burn CPU.
+	t := time.NewTicker(max(timeout/2, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
