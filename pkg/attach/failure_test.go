@@ -139,4 +139,3 @@ func readDirect(dev string) error {
 	}
 	return nil
 }
-
