@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -70,7 +71,8 @@ func remoteError(r response) error {
 	default:
 		return fmt.Errorf("attach: server: %s", r.Error)
 	}
-	return fmt.Errorf("%w (server: %s)", sentinel, r.Error)
+	// The server's message starts with the sentinel's own text.
+	return fmt.Errorf("%w%s", sentinel, strings.TrimPrefix(r.Error, sentinel.Error()))
 }
 
 // call sends req to the serving process of runtime directory rt. A missing

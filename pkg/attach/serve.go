@@ -64,7 +64,7 @@ func Serve(ctx context.Context, dir string, opts ServeOptions) error {
 	if err != nil {
 		return err
 	}
-	s.log.Info("attached", "device", s.dev, "dir", abs)
+	s.log.Info("attached", "device", s.dev)
 	if opts.Ready != nil {
 		opts.Ready(s.status())
 	}

@@ -111,11 +111,8 @@ image IMAGEDIR. Fails if it is not attached.`}
 
 // attachHint adds what to do to the errors of pkg/attach.
 func attachHint(err error) error {
-	switch {
-	case errors.Is(err, attach.ErrBusy):
-		return fmt.Errorf("%w (unmount the filesystem on the device first)", err)
-	case errors.Is(err, attach.ErrLocked):
-		return fmt.Errorf("%w (a process holds the image but does not answer; see its serve.log)", err)
+	if errors.Is(err, attach.ErrLocked) {
+		return fmt.Errorf("%w (a process holds the image but does not answer; see RUNDIR/*/serve.log)", err)
 	}
 	return err
 }
