@@ -51,7 +51,7 @@ type table struct {
 func newTable() *table {
 	t := &table{cmds: make(map[string]command)}
 	registerImageCommands(t)
-	// registerAttachCommands(t) goes here once attach/detach exist.
+	registerAttachCommands(t)
 	return t
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 )
 
@@ -35,9 +36,10 @@ Fails if DIR already holds an image.`}
 func runSnapshot(ctx context.Context, args []string, stdio IO) int {
 	e := env{name: "snapshot", stdio: stdio}
 	u := usage{synopsis: "snapshot DIR", nargs: 1, text: `
-Freeze the top delta of the (not attached) image directory DIR: it becomes a
-snapshot and new writes go to a fresh delta. Prints the snapshot's GUID, and
-nothing else, on stdout.`}
+Freeze the top delta of the image directory DIR: it becomes a snapshot and
+new writes go to a fresh delta. On an attached image the serving process
+takes it online (a mounted filesystem is frozen meanwhile). Prints the
+snapshot's GUID, and nothing else, on stdout.`}
 	fs := newFlags(e.name)
 	pos, code, ok := e.parse(fs, u, args)
 	if !ok {
@@ -46,7 +48,7 @@ nothing else, on stdout.`}
 	if err := needDir(pos[0], "a snapshot"); err != nil {
 		return e.fail(err)
 	}
-	guid, err := image.SnapshotDir(pos[0], image.SnapshotOptions{})
+	guid, err := attach.SnapshotDir(ctx, pos[0], "", image.SnapshotOptions{})
 	if err != nil {
 		return e.fail(fmt.Errorf("snapshot %s: %w", pos[0], err))
 	}
@@ -93,19 +95,19 @@ not resized.`}
 	if err != nil {
 		return e.usageError(fs, u, err.Error())
 	}
-	if err := grow(pos[0], size); err != nil {
+	if err := grow(ctx, pos[0], size); err != nil {
 		return e.fail(fmt.Errorf("grow %s to %d bytes: %w", pos[0], size, err))
 	}
 	return ExitOK
 }
 
-func grow(path string, size int64) error {
+func grow(ctx context.Context, path string, size int64) error {
 	kind, err := classify(path)
 	if err != nil {
 		return err
 	}
 	if kind == kindDir {
-		return image.GrowDir(path, size)
+		return attach.GrowDir(ctx, path, "", size) // online when attached
 	}
 	c, err := image.OpenChain([]string{path}, image.ChainOptions{})
 	if err != nil {
