@@ -201,7 +201,7 @@ func (c *Chain) checkWrite(off, n int64) error {
 		return ErrClosed
 	case c.readOnly:
 		return ErrReadOnly
-	case off < 0 || off+n > c.size:
+	case off < 0 || n < 0 || off > c.size-n: // never off+n: it can overflow
 		return fmt.Errorf("%w: write of %d bytes at %d outside the %d-byte disk", ErrInvalid, n, off, c.size)
 	}
 	return nil

@@ -12,9 +12,6 @@ import (
 func (c *Chain) Discard(off, length int64) error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if length == 0 {
-		return nil
-	}
 	if err := c.checkWrite(off, length); err != nil {
 		return err
 	}

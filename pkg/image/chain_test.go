@@ -330,3 +330,34 @@ func TestRandomOpsMatchModel(t *testing.T) {
 		t.Fatal("final content differs from model")
 	}
 }
+
+func TestRejectsOverflowingRanges(t *testing.T) {
+	c := openTestImage(t, 4<<20, 64<<10).Chain()
+	for _, r := range [][2]int64{{1<<63 - 4096, 8192}, {0, -1}, {4096, -4096}} {
+		if _, err := c.WriteAt(make([]byte, max(r[1], 0)), r[0]); r[1] > 0 && !errors.Is(err, ErrInvalid) {
+			t.Errorf("WriteAt %v: %v", r, err)
+		}
+		if err := c.Discard(r[0], r[1]); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Discard %v: %v", r, err)
+		}
+	}
+}
+
+func TestHugeBATEntryCountTerminates(t *testing.T) {
+	if testing.Short() {
+		t.Skip("reads a 16 GiB sparse BAT (~30 s)")
+	}
+	path := filepath.Join(t.TempDir(), "huge.hds")
+	h, _ := NewHeader(64<<10, 64<<10)
+	h.BATEntries = 0xFFFFFFF0
+	h.Sectors = uint64(h.BATEntries) * uint64(h.Tracks) / 2048 // keep the size valid
+	h.DataOffset = uint32((h.BATBytes() + SectorSize - 1) / SectorSize)
+	f, _ := os.Create(path)
+	f.WriteAt(h.Encode(), 0)
+	f.Truncate(h.DataStart())
+	f.Close()
+	// Must end (with or without an error), not loop for ever.
+	if c, err := OpenChain([]string{path}, ChainOptions{ReadOnly: true}); err == nil {
+		c.Close()
+	}
+}

@@ -158,7 +158,10 @@ const batChunk = 64 << 10
 // forEachEntry calls fn for every non-zero BAT entry, reading the BAT in chunks.
 func (d *Delta) forEachEntry(fn func(vc, entry uint32) error) error {
 	buf := make([]byte, 4*min(batChunk, int64(d.h.BATEntries)))
-	for start := uint32(0); start < d.h.BATEntries; start += batChunk {
+	// A 64-bit counter: a uint32 one wraps to 0 for BATs near 2^32 entries
+	// and the loop would never end.
+	for start64 := uint64(0); start64 < uint64(d.h.BATEntries); start64 += batChunk {
+		start := uint32(start64)
 		n := min(uint32(batChunk), d.h.BATEntries-start)
 		b := buf[:4*n]
 		if _, err := d.f.ReadAt(b, HeaderSize+4*int64(start)); err != nil {

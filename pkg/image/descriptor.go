@@ -217,6 +217,9 @@ func (d *Descriptor) validate() error {
 	if len(d.Storage) != 1 {
 		return bad("%d <Storage> elements, want 1", len(d.Storage))
 	}
+	if d.Params.DiskSize > MaxSize/SectorSize || d.Storage[0].Blocksize > MaxClusterSize/SectorSize {
+		return bad("disk size %d sectors or cluster size %d sectors out of range", d.Params.DiskSize, d.Storage[0].Blocksize)
+	}
 	if err := validateGeometry(d.Size(), d.ClusterSize()); err != nil {
 		return bad("%v", err)
 	}
@@ -239,7 +242,10 @@ func (d *Descriptor) validate() error {
 	if !guidPattern.MatchString(d.Snapshots.TopGUID) {
 		return bad("TopGUID %q malformed", d.Snapshots.TopGUID)
 	}
-	_, err := d.Chain()
+	chain, err := d.Chain()
+	if err == nil && len(chain) == 0 {
+		return bad("TopGUID is the zero GUID: the image has no delta")
+	}
 	return err
 }
 
