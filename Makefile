@@ -4,6 +4,9 @@ BIN := bin/csi-ploop
 
 .PHONY: build test test-short deps fuzz bench run
 
+run: build
+	$(BIN) --endpoint unix:///run/csi-ploop/csi.sock --root /var/lib/csi-ploop
+
 build:
 	$(GO) build -o $(BIN) ./cmd/csi-ploop
 
@@ -12,7 +15,8 @@ build:
 # missing tool into a failure instead of a skip.
 test:
 	$(GO) vet ./...
-	CSI_PLOOP_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 40m ./...
+	CSI_PLOOP_REQUIRE_TOOLS=1 CSI_PLOOP_SANITY=1 $(GO) test -count=1 -timeout 40m ./...
+	CSI_PLOOP_SANITY=1 CSI_PLOOP_SANITY_ACCESS=block $(GO) test -count=1 -run TestSanity ./pkg/driver/
 
 test-short:
 	$(GO) test -count=1 ./pkg/image/ ./pkg/volume/ ./pkg/driver/

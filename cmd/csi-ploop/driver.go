@@ -2,21 +2,88 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
+
+	"k8s.io/klog/v2"
+
+	"github.com/csi-ploop/csi-ploop/pkg/attach"
+	"github.com/csi-ploop/csi-ploop/pkg/driver"
+	"github.com/csi-ploop/csi-ploop/pkg/volume"
+	"github.com/csi-ploop/csi-ploop/pkg/volume/ploopstore"
 )
 
-// runDriver runs the CSI driver with args (everything after the program
-// name that is not "image ...") and returns the exit code.
-//
-// Placeholder: the driver engineer replaces this file with the real wiring
-// (flags -> config -> pkg/driver).
-func runDriver(ctx context.Context, args []string) int {
-	fmt.Fprint(os.Stderr, `usage:
-  csi-ploop image COMMAND ...   operate on ploop images (run 'csi-ploop image --help')
-  csi-ploop [DRIVER FLAGS]      run the CSI driver
-
-csi-ploop: driver not built yet: the driver mode is wired in cmd/csi-ploop/driver.go
-`)
-	return 2
+// driverConfig is everything the driver flags say.
+type driverConfig struct {
+	driver driver.Config
+	runDir string
 }
+
+func parseDriverFlags(args []string) (driverConfig, error) {
+	host, _ := os.Hostname()
+	var c driverConfig
+	var mode string
+	fs := flag.NewFlagSet("csi-ploop", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "usage:\n  csi-ploop [FLAGS]              run the CSI driver\n"+
+			"  csi-ploop image COMMAND ...   operate on ploop images (csi-ploop image --help)\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.driver.Endpoint, "endpoint", "unix:///run/csi-ploop/csi.sock", "CSI endpoint (unix socket)")
+	fs.StringVar(&c.driver.NodeID, "node-id", host, "node ID reported to Kubernetes (default: host name)")
+	fs.StringVar(&c.driver.Root, "root", "/var/lib/csi-ploop", "storage root: volumes, deltas and metadata")
+	fs.StringVar(&mode, "mode", "all", "services to serve: all, controller or node")
+	fs.StringVar(&c.driver.DriverName, "driver-name", "ploop.csi.dev", "CSI driver name")
+	fs.StringVar(&c.driver.MetricsAddress, "metrics-address", "", "serve Prometheus /metrics on this address (e.g. :9808); empty: off")
+	fs.Int64Var(&c.driver.MaxVolumesPerNode, "max-volumes-per-node", 0, "NodeGetInfo max_volumes_per_node (0: unlimited)")
+	fs.StringVar(&c.runDir, "run-dir", attach.DefaultRunDir, "runtime directory of the per-volume serving processes")
+	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(klogFlags)
+	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	c.driver.Mode = driver.Mode(mode)
+	c.driver.Version = version
+	return c, nil
+}
+
+// runDriver wires flags -> config -> the domain layer and the CSI server.
+func runDriver(ctx context.Context, args []string) int {
+	cfg, err := parseDriverFlags(args)
+	if err == flag.ErrHelp {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "csi-ploop: %v\n", err)
+		return 2
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "csi-ploop: %v\n", err)
+		return 1
+	}
+	mgr, err := volume.Open(ctx, volume.Options{
+		Root:      cfg.driver.Root,
+		Store:     ploopstore.New(),
+		Attacher:  attach.NewClient(attach.AttachOptions{Binary: self, RunDir: cfg.runDir}),
+		Mounter:   volume.NewMounter(),
+		SkipSweep: cfg.driver.Mode == driver.ModeNode,
+	})
+	if err != nil {
+		klog.ErrorS(err, "Cannot open the storage root", "root", cfg.driver.Root)
+		return 1
+	}
+	if err := driver.Run(ctx, cfg.driver, mgr); err != nil {
+		klog.ErrorS(err, "Driver stopped")
+		return 1
+	}
+	return 0
+}
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"

@@ -82,6 +82,8 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		Block:       req.GetVolumeCapability().GetBlock() != nil,
 		ReadOnly:    req.GetReadonly(),
 		MountFlags:  req.GetVolumeCapability().GetMount().GetMountFlags(),
+		SingleWriter: req.GetVolumeCapability().GetAccessMode().GetMode() ==
+			csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
 	})
 	if err != nil {
 		return nil, toStatus(err)

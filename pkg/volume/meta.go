@@ -46,6 +46,9 @@ type stagedRecord struct {
 	StagingPath string `json:"stagingPath"`
 	Block       bool   `json:"block"`
 	Device      string `json:"device"`
+	// Targets are the paths the volume is published at: SINGLE_NODE_SINGLE_WRITER
+	// refuses a second one.
+	Targets []string `json:"targets,omitempty"`
 }
 
 const tmpMarker = ".tmp-"

@@ -25,6 +25,8 @@ type PublishRequest struct {
 	Block       bool
 	ReadOnly    bool
 	MountFlags  []string
+	// SingleWriter: the access mode allows one published target only.
+	SingleWriter bool
 }
 
 // VolumeStats answers NodeGetVolumeStats; Abnormal feeds VolumeCondition.

@@ -28,6 +28,10 @@ func (m *Manager) NodePublish(ctx context.Context, req PublishRequest) error {
 		return fmt.Errorf("volume %s staged with block=%v, publish asks block=%v: %w",
 			rec.ID, st.Block, req.Block, ErrInvalid)
 	}
+	if other := otherTarget(st.Targets, req.TargetPath); req.SingleWriter && other != "" {
+		return fmt.Errorf("volume %s is single-writer and already published at %s: %w",
+			rec.ID, other, ErrFailedPrecondition)
+	}
 	source, err := m.publishSource(ctx, rec.ID, st, req)
 	if err != nil {
 		return err
@@ -41,7 +45,31 @@ func (m *Manager) NodePublish(ctx context.Context, req PublishRequest) error {
 	if err := m.mounter.Mount(ctx, source, req.TargetPath, "", publishOptions(req)); err != nil {
 		return fmt.Errorf("bind %s at %s: %w", source, req.TargetPath, err)
 	}
-	return nil
+	return m.setTarget(st, req.TargetPath, true)
+}
+
+func otherTarget(targets []string, target string) string {
+	for _, t := range targets {
+		if t != target {
+			return t
+		}
+	}
+	return ""
+}
+
+// setTarget records (add) or forgets a published target in the staged record.
+func (m *Manager) setTarget(st *stagedRecord, target string, add bool) error {
+	kept := st.Targets[:0:0]
+	for _, t := range st.Targets {
+		if t != target {
+			kept = append(kept, t)
+		}
+	}
+	if add {
+		kept = append(kept, target)
+	}
+	st.Targets = kept
+	return writeJSONAtomic(m.stagedPath(st.VolumeID), st)
 }
 
 // publishSource asks the attacher for the device again: the serving process may have
@@ -95,7 +123,14 @@ func (m *Manager) NodeUnpublish(ctx context.Context, id, target string) error {
 	if err := os.Remove(target); err != nil && !isNotExist(err) {
 		return fmt.Errorf("remove target %s: %w", target, err)
 	}
-	return nil
+	if rec == nil {
+		return nil
+	}
+	if st, ok, err := m.staged(rec.ID); err != nil || !ok {
+		return err
+	} else {
+		return m.setTarget(st, target, false)
+	}
 }
 
 // NodeStats reports usage of a published or staged path.

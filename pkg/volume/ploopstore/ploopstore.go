@@ -1,0 +1,72 @@
+// Package ploopstore is the real volume.ImageStore: ploop image directories
+// from pkg/image. It only translates types and sentinel errors.
+package ploopstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/csi-ploop/csi-ploop/pkg/image"
+	"github.com/csi-ploop/csi-ploop/pkg/volume"
+)
+
+// Store implements volume.ImageStore over pkg/image.
+type Store struct{}
+
+var _ volume.ImageStore = Store{}
+
+// New returns the store.
+func New() Store { return Store{} }
+
+// mapErr gives the domain layer the sentinel it checks for.
+func mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, image.ErrInvalid):
+		return fmt.Errorf("%w: %w", volume.ErrInvalid, err)
+	case errors.Is(err, image.ErrBusy):
+		return fmt.Errorf("%w: %w", volume.ErrBusy, err)
+	}
+	return err
+}
+
+func createOpts(o volume.CreateOptions) image.CreateOptions {
+	return image.CreateOptions{ClusterSize: o.ClusterSize, DeltaFile: o.DeltaFile}
+}
+
+// Create implements volume.ImageStore.
+func (Store) Create(_ context.Context, dir string, size int64, opts volume.CreateOptions) error {
+	return mapErr(image.Create(dir, size, createOpts(opts)))
+}
+
+// CreateOnChain implements volume.ImageStore.
+func (Store) CreateOnChain(_ context.Context, dir string, base []string, size int64, opts volume.CreateOptions) error {
+	return mapErr(image.CreateOnChain(dir, base, size, createOpts(opts)))
+}
+
+// SnapshotDir implements volume.ImageStore.
+func (Store) SnapshotDir(_ context.Context, dir string, opts volume.SnapshotOptions) (string, error) {
+	guid, err := image.SnapshotDir(dir, image.SnapshotOptions{NewDeltaFile: opts.NewDeltaFile})
+	return guid, mapErr(err)
+}
+
+// ChainFiles implements volume.ImageStore.
+func (Store) ChainFiles(_ context.Context, dir string) ([]string, error) {
+	d, err := image.ReadDescriptor(dir)
+	if err != nil {
+		return nil, err
+	}
+	return d.ChainFiles(dir)
+}
+
+// GrowDir implements volume.ImageStore.
+func (Store) GrowDir(_ context.Context, dir string, size int64) error {
+	return mapErr(image.GrowDir(dir, size))
+}
+
+// AllocatedBytes implements volume.ImageStore.
+func (Store) AllocatedBytes(_ context.Context, path string) (int64, error) {
+	return image.AllocatedBytes(path)
+}
