@@ -19,8 +19,8 @@ command -v fio >/dev/null || { echo "install fio: apt-get install -y fio" >&2; e
 command -v jq >/dev/null || { echo "install jq" >&2; exit 1; }
 
 rm -rf "$WORK"; mkdir -p "$WORK"
-BIN=$WORK/attachd
-go build -o "$BIN" ./bench/attachd
+BIN=$WORK/csi-ploop
+go build -o "$BIN" ./cmd/csi-ploop
 IMG=$WORK/img RUN=$WORK/run RAW=$WORK/raw.img
 SERVER= RAWDEV=
 
@@ -28,7 +28,7 @@ cleanup() {
 	set +e
 	[ -n "$RAWDEV" ] && losetup -d "$RAWDEV"
 	if [ -n "$SERVER" ] && kill -0 "$SERVER" 2>/dev/null; then
-		"$BIN" detach --run-dir "$RUN" "$IMG" || kill -TERM "$SERVER"
+		"$BIN" image detach --run-dir "$RUN" "$IMG" || kill -TERM "$SERVER"
 		wait "$SERVER"
 	fi
 }
@@ -37,7 +37,7 @@ trap cleanup EXIT
 # The image: an empty 2G image directory, attached by a serving process.
 go run ./cmd/csi-ploop image create "$IMG" "$IMGSIZE"
 if [ "$PROFILE" = 1 ]; then export CSI_PLOOP_CPUPROFILE=$WORK/serve.prof; fi
-"$BIN" serve --run-dir "$RUN" "$IMG" >"$WORK/serve.out" 2>"$WORK/serve.log" &
+"$BIN" image attach --run-dir "$RUN" "$IMG" >"$WORK/serve.out" 2>"$WORK/serve.log" &
 SERVER=$!
 unset CSI_PLOOP_CPUPROFILE
 for _ in $(seq 100); do [ -s "$WORK/serve.out" ] && break; sleep 0.1; done
@@ -82,7 +82,7 @@ done
 # the working set, so that reads find their data spread over 16 deltas.
 echo "building a 16-delta chain..."
 for i in $(seq 1 15); do
-	"$BIN" snapshot --run-dir "$RUN" "$IMG" >/dev/null
+	"$BIN" image snapshot --run-dir "$RUN" "$IMG" >/dev/null
 	fio --name=spread --filename="$IMGDEV" --ioengine=libaio --direct=1 --rw=write --bs=1M \
 		--iodepth=8 --offset=$((i * 64))M --size=64M --output-format=terse >/dev/null
 done
@@ -118,7 +118,7 @@ awk -v a="$d1" -v b="$d16" 'BEGIN { printf "| kIOPS                             
 awk -v a="$d1p99" -v b="$d16p99" 'BEGIN { printf "| p99 latency us                        | %7.0f | %8.0f | %5.2fx |\n", a, b, b/a }'
 
 # Stop the server cleanly (writes the CPU profile), then show it.
-"$BIN" detach --run-dir "$RUN" "$IMG"
+"$BIN" image detach --run-dir "$RUN" "$IMG"
 wait "$SERVER"; SERVER=
 if [ "$PROFILE" = 1 ] && [ -s "$WORK/serve.prof" ]; then
 	echo

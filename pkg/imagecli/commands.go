@@ -35,12 +35,13 @@ Fails if DIR already holds an image.`}
 
 func runSnapshot(ctx context.Context, args []string, stdio IO) int {
 	e := env{name: "snapshot", stdio: stdio}
-	u := usage{synopsis: "snapshot DIR", nargs: 1, text: `
+	u := usage{synopsis: "snapshot [--run-dir DIR] IMAGEDIR", nargs: 1, text: `
 Freeze the top delta of the image directory DIR: it becomes a snapshot and
 new writes go to a fresh delta. On an attached image the serving process
 takes it online (a mounted filesystem is frozen meanwhile). Prints the
 snapshot's GUID, and nothing else, on stdout.`}
 	fs := newFlags(e.name)
+	runDir := runDirFlag(fs)
 	pos, code, ok := e.parse(fs, u, args)
 	if !ok {
 		return code
@@ -48,7 +49,7 @@ snapshot's GUID, and nothing else, on stdout.`}
 	if err := needDir(pos[0], "a snapshot"); err != nil {
 		return e.fail(err)
 	}
-	guid, err := attach.SnapshotDir(ctx, pos[0], "", image.SnapshotOptions{})
+	guid, err := attach.SnapshotDir(ctx, pos[0], *runDir, image.SnapshotOptions{})
 	if err != nil {
 		return e.fail(fmt.Errorf("snapshot %s: %w", pos[0], err))
 	}
@@ -82,11 +83,12 @@ be given with or without braces; 'snapshots DIR' lists them.`}
 
 func runGrow(ctx context.Context, args []string, stdio IO) int {
 	e := env{name: "grow", stdio: stdio}
-	u := usage{synopsis: "grow DIR|FILE SIZE", nargs: 2, text: `
-Raise the virtual size of the (not attached) image directory DIR, or of a
-single delta FILE, to SIZE. Images never shrink. The file system inside is
-not resized.`}
+	u := usage{synopsis: "grow [--run-dir DIR] IMAGEDIR|FILE SIZE", nargs: 2, text: `
+Raise the virtual size of the image directory IMAGEDIR (online when it is
+attached), or of a single delta FILE, to SIZE. Images never shrink. The file
+system inside is not resized.`}
 	fs := newFlags(e.name)
+	runDir := runDirFlag(fs)
 	pos, code, ok := e.parse(fs, u, args)
 	if !ok {
 		return code
@@ -95,19 +97,19 @@ not resized.`}
 	if err != nil {
 		return e.usageError(fs, u, err.Error())
 	}
-	if err := grow(ctx, pos[0], size); err != nil {
+	if err := grow(ctx, pos[0], *runDir, size); err != nil {
 		return e.fail(fmt.Errorf("grow %s to %d bytes: %w", pos[0], size, err))
 	}
 	return ExitOK
 }
 
-func grow(ctx context.Context, path string, size int64) error {
+func grow(ctx context.Context, path, runDir string, size int64) error {
 	kind, err := classify(path)
 	if err != nil {
 		return err
 	}
 	if kind == kindDir {
-		return attach.GrowDir(ctx, path, "", size) // online when attached
+		return attach.GrowDir(ctx, path, runDir, size) // online when attached
 	}
 	c, err := image.OpenChain([]string{path}, image.ChainOptions{})
 	if err != nil {
