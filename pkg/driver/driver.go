@@ -61,6 +61,7 @@ type Config struct {
 	Mode              Mode
 	Root              string // storage root, for the default probe
 	MetricsAddress    string // "" = no metrics server
+	HealthAddress     string // "" = no /healthz server (liveness through the Probe RPC)
 	MaxVolumesPerNode int64  // 0 = unlimited
 	// Probe reports readiness; nil means defaultProbe (root writable, loop-control present).
 	Probe func(ctx context.Context) error
@@ -134,6 +135,13 @@ func (d *Driver) Serve(ctx context.Context) error {
 		go func() {
 			if err := ServeMetrics(ctx, d.cfg.MetricsAddress, d.metrics.Registry()); err != nil {
 				klog.ErrorS(err, "Metrics server stopped", "address", d.cfg.MetricsAddress)
+			}
+		}()
+	}
+	if d.cfg.HealthAddress != "" {
+		go func() {
+			if err := ServeHealth(ctx, d.cfg.HealthAddress, d.cfg.Endpoint); err != nil {
+				klog.ErrorS(err, "Health server stopped", "address", d.cfg.HealthAddress)
 			}
 		}()
 	}
