@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/driver"
+	"github.com/csi-ploop/csi-ploop/pkg/registration"
 	"github.com/csi-ploop/csi-ploop/pkg/volume"
 	"github.com/csi-ploop/csi-ploop/pkg/volume/ploopstore"
 )
@@ -18,6 +20,8 @@ import (
 type driverConfig struct {
 	driver driver.Config
 	runDir string
+	// registration is used when registration.Endpoint (--kubelet-registration-path) is set.
+	registration registration.Config
 }
 
 func parseDriverFlags(args []string) (driverConfig, error) {
@@ -37,6 +41,9 @@ func parseDriverFlags(args []string) (driverConfig, error) {
 	fs.StringVar(&c.driver.DriverName, "driver-name", "ploop.csi.dev", "CSI driver name")
 	fs.StringVar(&c.driver.MetricsAddress, "metrics-address", "", "serve Prometheus /metrics on this address (e.g. :9808); empty: off")
 	fs.Int64Var(&c.driver.MaxVolumesPerNode, "max-volumes-per-node", 0, "NodeGetInfo max_volumes_per_node (0: unlimited)")
+	fs.StringVar(&c.driver.HealthAddress, "health-address", "", "serve /healthz (the Probe RPC over the CSI socket) on this address (e.g. :9809); empty: off")
+	fs.StringVar(&c.registration.Endpoint, "kubelet-registration-path", "", "CSI socket path as the kubelet sees it; set: register with the kubelet (no node-driver-registrar needed); empty: off")
+	fs.StringVar(&c.registration.Dir, "plugin-registration-dir", registration.DefaultDir, "kubelet plugin registration directory (as this process sees it)")
 	fs.StringVar(&c.runDir, "run-dir", attach.DefaultRunDir, "runtime directory of the per-volume serving processes")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
@@ -49,6 +56,8 @@ func parseDriverFlags(args []string) (driverConfig, error) {
 	}
 	c.driver.Mode = driver.Mode(mode)
 	c.driver.Version = version
+	c.registration.DriverName = c.driver.DriverName
+	c.registration.CSISocket = c.driver.Endpoint
 	return c, nil
 }
 
@@ -78,11 +87,37 @@ func runDriver(ctx context.Context, args []string) int {
 		klog.ErrorS(err, "Cannot open the storage root", "root", cfg.driver.Root)
 		return 1
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var regDone chan error
+	if cfg.registration.Endpoint != "" {
+		reg, err := registration.New(cfg.registration)
+		if err != nil {
+			klog.ErrorS(err, "Invalid kubelet registration settings")
+			return 2
+		}
+		regDone = make(chan error, 1)
+		go func() {
+			err := reg.Run(ctx) // removes its socket when ctx ends
+			if err != nil {
+				cancel()
+			}
+			regDone <- err
+		}()
+	}
+	code := 0
 	if err := driver.Run(ctx, cfg.driver, mgr); err != nil {
 		klog.ErrorS(err, "Driver stopped")
-		return 1
+		code = 1
 	}
-	return 0
+	cancel()
+	if regDone != nil {
+		if err := <-regDone; err != nil && !errors.Is(err, context.Canceled) {
+			klog.ErrorS(err, "Kubelet registration stopped")
+			code = 1
+		}
+	}
+	return code
 }
 
 // version is set at build time with -ldflags "-X main.version=...".

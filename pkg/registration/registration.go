@@ -40,6 +40,10 @@ type Config struct {
 	Dir string
 	// SupportedVersions of the CSI spec; nil means ["1.0.0"].
 	SupportedVersions []string
+	// CSISocket is the CSI socket path as this process sees it; when set, Run
+	// waits until it accepts connections before offering the registration
+	// socket, so the kubelet's first NodeGetInfo does not fail.
+	CSISocket string
 }
 
 // Server answers the kubelet's registration calls.
@@ -153,8 +157,14 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	return err
 }
 
-// Run listens and serves until ctx is done.
+// Run waits for the CSI socket (Config.CSISocket), then listens and serves
+// until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
+	if s.cfg.CSISocket != "" {
+		if err := waitForSocket(ctx, strings.TrimPrefix(s.cfg.CSISocket, "unix://")); err != nil {
+			return err
+		}
+	}
 	lis, err := s.Listen()
 	if err != nil {
 		return err
@@ -169,5 +179,23 @@ func stopWithin(srv *grpc.Server, timeout time.Duration) {
 	case <-done:
 	case <-time.After(timeout):
 		srv.Stop()
+	}
+}
+
+// waitForSocket polls until a unix socket accepts a connection or ctx ends.
+func waitForSocket(ctx context.Context, path string) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		conn, err := (&net.Dialer{}).DialContext(ctx, "unix", path)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for CSI socket %s: %w", path, ctx.Err())
+		case <-tick.C:
+		}
 	}
 }

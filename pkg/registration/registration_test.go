@@ -153,3 +153,33 @@ func TestNewValidates(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestRunWaitsForCSISocket: the registration socket appears only once the CSI
+// socket accepts connections.
+func TestRunWaitsForCSISocket(t *testing.T) {
+	dir := t.TempDir()
+	csiSock := filepath.Join(dir, "csi.sock")
+	s, err := New(Config{DriverName: "ploop.csi.dev", Endpoint: "/k/csi.sock", Dir: filepath.Join(dir, "reg"), CSISocket: "unix://" + csiSock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	time.Sleep(300 * time.Millisecond)
+	if _, err := os.Stat(s.SocketPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("registration socket offered before the CSI socket: %v", err)
+	}
+	lis, err := net.Listen("unix", csiSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	if _, err := dialAsKubelet(t, s.SocketPath()).GetInfo(ctx, &registerapi.InfoRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
