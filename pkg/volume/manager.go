@@ -85,6 +85,13 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 	if err := m.load(); err != nil {
 		return nil, err
 	}
+	if opts.Mounter != nil {
+		if err := m.Reconcile(ctx); err != nil {
+			// Volumes that cannot be recovered stay staged; their I/O fails
+			// until kubelet unstages them. Serving must go on for the others.
+			klog.FromContext(ctx).Error(err, "Startup reconcile incomplete", "root", root)
+		}
+	}
 	if opts.SkipSweep {
 		return m, nil
 	}

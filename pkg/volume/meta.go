@@ -46,9 +46,19 @@ type stagedRecord struct {
 	StagingPath string `json:"stagingPath"`
 	Block       bool   `json:"block"`
 	Device      string `json:"device"`
-	// Targets are the paths the volume is published at: SINGLE_NODE_SINGLE_WRITER
-	// refuses a second one.
-	Targets []string `json:"targets,omitempty"`
+	// FsType and MountFlags of the staging mount, to mount it again after
+	// the serving process was lost.
+	FsType     string   `json:"fsType,omitempty"`
+	MountFlags []string `json:"mountFlags,omitempty"`
+	// Targets are where the volume is published: SINGLE_NODE_SINGLE_WRITER
+	// refuses a second one, and a recovered volume is bound there again.
+	Targets []publishedTarget `json:"targets,omitempty"`
+}
+
+// publishedTarget is one NodePublish target with the options it was bound with.
+type publishedTarget struct {
+	Path    string   `json:"path"`
+	Options []string `json:"options"`
 }
 
 const tmpMarker = ".tmp-"

@@ -94,11 +94,12 @@ func (m *Manager) NodeStage(ctx context.Context, req StageRequest) error {
 	if rec == nil {
 		return fmt.Errorf("volume %s: %w", req.VolumeID, ErrNotFound)
 	}
-	if st, ok, err := m.staged(rec.ID); err != nil {
+	prev, ok, err := m.staged(rec.ID)
+	if err != nil {
 		return err
-	} else if ok && (st.StagingPath != req.StagingPath || st.Block != req.Block) {
+	} else if ok && (prev.StagingPath != req.StagingPath || prev.Block != req.Block) {
 		return fmt.Errorf("volume %s already staged at %s (block=%v): %w",
-			rec.ID, st.StagingPath, st.Block, ErrAlreadyExists)
+			rec.ID, prev.StagingPath, prev.Block, ErrAlreadyExists)
 	}
 	dev, err := m.attacher.Attach(ctx, m.volDir(rec.ID))
 	if err != nil {
@@ -109,7 +110,11 @@ func (m *Manager) NodeStage(ctx context.Context, req StageRequest) error {
 			return err
 		}
 	}
-	st := &stagedRecord{VolumeID: rec.ID, StagingPath: req.StagingPath, Block: req.Block, Device: dev}
+	st := &stagedRecord{VolumeID: rec.ID, StagingPath: req.StagingPath, Block: req.Block, Device: dev,
+		FsType: firstNonEmpty(req.FsType, rec.FsType, "ext4"), MountFlags: req.MountFlags}
+	if ok {
+		st.Targets = prev.Targets // a repeated stage keeps what is published
+	}
 	return writeJSONAtomic(m.stagedPath(rec.ID), st)
 }
 

@@ -42,31 +42,33 @@ func (m *Manager) NodePublish(ctx context.Context, req PublishRequest) error {
 	if mounted, err := m.mounter.IsMountPoint(ctx, req.TargetPath); err != nil || mounted {
 		return err
 	}
-	if err := m.mounter.Mount(ctx, source, req.TargetPath, "", publishOptions(req)); err != nil {
+	opts := publishOptions(req)
+	if err := m.mounter.Mount(ctx, source, req.TargetPath, "", opts); err != nil {
 		return fmt.Errorf("bind %s at %s: %w", source, req.TargetPath, err)
 	}
-	return m.setTarget(st, req.TargetPath, true)
+	return m.setTarget(st, req.TargetPath, opts)
 }
 
-func otherTarget(targets []string, target string) string {
+func otherTarget(targets []publishedTarget, target string) string {
 	for _, t := range targets {
-		if t != target {
-			return t
+		if t.Path != target {
+			return t.Path
 		}
 	}
 	return ""
 }
 
-// setTarget records (add) or forgets a published target in the staged record.
-func (m *Manager) setTarget(st *stagedRecord, target string, add bool) error {
+// setTarget records (options != nil) or forgets a published target in the
+// staged record.
+func (m *Manager) setTarget(st *stagedRecord, target string, options []string) error {
 	kept := st.Targets[:0:0]
 	for _, t := range st.Targets {
-		if t != target {
+		if t.Path != target {
 			kept = append(kept, t)
 		}
 	}
-	if add {
-		kept = append(kept, target)
+	if options != nil {
+		kept = append(kept, publishedTarget{Path: target, Options: options})
 	}
 	st.Targets = kept
 	return writeJSONAtomic(m.stagedPath(st.VolumeID), st)
@@ -129,7 +131,7 @@ func (m *Manager) NodeUnpublish(ctx context.Context, id, target string) error {
 	if st, ok, err := m.staged(rec.ID); err != nil || !ok {
 		return err
 	} else {
-		return m.setTarget(st, target, false)
+		return m.setTarget(st, target, nil)
 	}
 }
 

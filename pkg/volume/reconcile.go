@@ -1,0 +1,92 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"k8s.io/klog/v2"
+)
+
+// Reconcile brings staged volumes back after the node plugin restarts. A
+// volume whose serving process still runs needs nothing (the processes are
+// separate and keep I/O going). A volume whose serving process is gone has a
+// dead loop device under its mounts: its leftovers are cleaned up, it is
+// attached again, the staging mount is replaced by a fresh one of the new
+// device and every published target is bound again with its options, so pods
+// see the volume again without kubelet having to stage it anew.
+func (m *Manager) Reconcile(ctx context.Context) error {
+	entries, err := os.ReadDir(m.stagedDir())
+	if err != nil {
+		return fmt.Errorf("list staged volumes: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || !ValidVolumeID(id) {
+			continue // temp files of an interrupted write: not ours to judge here
+		}
+		if err := m.reconcileVolume(ctx, id); err != nil {
+			errs = append(errs, fmt.Errorf("volume %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) reconcileVolume(ctx context.Context, id string) error {
+	unlock, err := m.lockKey(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, ok, err := m.staged(id)
+	if err != nil || !ok {
+		return err
+	}
+	dir := m.volDir(id)
+	if _, alive, err := m.attacher.Attached(ctx, dir); err != nil || alive {
+		return err
+	}
+	klog.FromContext(ctx).Info("Serving process of a staged volume is gone; attaching it again", "volumeID", id)
+	if err := m.attacher.Detach(ctx, dir); err != nil { // cleans up after the dead process
+		return fmt.Errorf("clean up dead attachment: %w", err)
+	}
+	dev, err := m.attacher.Attach(ctx, dir)
+	if err != nil {
+		return fmt.Errorf("attach again: %w", err)
+	}
+	if err := m.remount(ctx, st, dev); err != nil {
+		return err
+	}
+	st.Device = dev
+	return writeJSONAtomic(m.stagedPath(id), st)
+}
+
+// remount replaces the dead mounts of a staged volume with ones of dev.
+func (m *Manager) remount(ctx context.Context, st *stagedRecord, dev string) error {
+	source := dev
+	if !st.Block {
+		m.unmountDead(ctx, st.StagingPath)
+		if err := m.mounter.FormatAndMount(ctx, dev, st.StagingPath, st.FsType, st.MountFlags); err != nil {
+			return fmt.Errorf("mount %s at %s again: %w", dev, st.StagingPath, err)
+		}
+		source = st.StagingPath
+	}
+	for _, t := range st.Targets {
+		m.unmountDead(ctx, t.Path)
+		if err := m.mounter.Mount(ctx, source, t.Path, "", t.Options); err != nil {
+			return fmt.Errorf("bind %s at %s again: %w", source, t.Path, err)
+		}
+	}
+	return nil
+}
+
+// unmountDead unmounts a mount of a lost device. It may fail (not mounted
+// any more): what matters is that the next mount succeeds.
+func (m *Manager) unmountDead(ctx context.Context, path string) {
+	if err := m.mounter.Unmount(ctx, path); err != nil {
+		klog.FromContext(ctx).V(2).Info("Unmount of a dead mount failed", "path", path, "err", err)
+	}
+}
