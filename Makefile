@@ -34,3 +34,11 @@ fuzz:
 
 bench:
 	$(GO) test ./pkg/image -run '^$$' -bench . -benchtime 2s
+
+# Deploy manifests: render deploy/kubernetes with the kustomize API (what
+# `kubectl apply -k` runs), decode every object strictly into its Kubernetes
+# API type, check them against the driver's flags; and the kubelet plugin
+# registration service answering a kubelet-style client. Also part of `test`.
+.PHONY: manifests
+manifests:
+	$(GO) test -count=1 ./deploy/... ./pkg/registration/
