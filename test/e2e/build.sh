@@ -157,7 +157,7 @@ copy_with_libs() {
 	done
 }
 
-# make_image NAME ROOTFS ENTRYPOINT...: an OCI layout $IMG_DIR/NAME.tar (docker-archive-free,
+# make_image NAME ROOTFS [--cmd] ENTRYPOINT...: an OCI layout $IMG_DIR/NAME.tar (docker-archive-free,
 # "ctr images import" reads OCI layout tarballs).
 make_image() {
 	local name=$1 rootfs=$2
@@ -168,8 +168,12 @@ make_image() {
 	umoci init --layout "$work/layout" >/dev/null
 	umoci new --image "$work/layout:$IMAGE_TAG"
 	umoci insert --image "$work/layout:$IMAGE_TAG" "$rootfs" / >/dev/null
-	local args=() a
-	for a in "$@"; do args+=(--config.entrypoint "$a"); done
+	local args=() a key=--config.entrypoint
+	if [[ ${1:-} == --cmd ]]; then
+		key=--config.cmd
+		shift
+	fi
+	for a in "$@"; do args+=("$key" "$a"); done
 	umoci config --image "$work/layout:$IMAGE_TAG" "${args[@]}" --config.user 0:0 \
 		--config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 	# ctr import needs the ref annotation to carry the full image name.
@@ -206,9 +210,26 @@ ploop_image() {
 	rm -rf "$rootfs"
 }
 
+# Workload pods (the story's and the storage suite's) run Debian's busybox-static.
+busybox_image() {
+	local rootfs a
+	[[ -x /bin/busybox ]] || die "busybox missing: apt-get install busybox-static"
+	rootfs=$(mktemp -d)
+	mkdir -p "$rootfs/bin" "$rootfs/tmp" "$rootfs/etc"
+	cp /bin/busybox "$rootfs/bin/busybox"
+	for a in $(/bin/busybox --list); do
+		[[ -e $rootfs/bin/$a ]] || ln -s busybox "$rootfs/bin/$a"
+	done
+	echo "root:x:0:0:root:/root:/bin/sh" >"$rootfs/etc/passwd"
+	echo "root:x:0:" >"$rootfs/etc/group"
+	make_image busybox "$rootfs" --cmd sh
+	rm -rf "$rootfs"
+}
+
 build_images() {
 	build_ours
 	ploop_image
+	busybox_image
 	static_image pause pause
 	local s
 	for s in csi-provisioner csi-attacher csi-resizer csi-snapshotter snapshot-controller; do

@@ -18,7 +18,7 @@ BIN_DIR=$CACHE_DIR/bin
 IMG_DIR=$CACHE_DIR/images
 # Everything of one run (certs, etcd data, logs, kubelet root, driver root)
 # lives here and is removed by the teardown.
-STATE_DIR=${CSI_PLOOP_E2E_STATE:-/var/lib/csi-ploop-e2e}
+STATE_DIR=/var/lib/csi-ploop-e2e # fixed: overlay/ names these paths
 LOG_DIR=${CSI_PLOOP_E2E_LOGS:-/tmp/csi-ploop-e2e-logs}
 KUBELET_DIR=$STATE_DIR/kubelet
 DRIVER_ROOT=$STATE_DIR/driver
