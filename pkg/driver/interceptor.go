@@ -31,9 +31,21 @@ func (d *Driver) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 	if err != nil {
 		logger.Info("GRPC call", "code", code.String(), "duration", elapsed, "error", err.Error())
 	} else {
-		logger.Info("GRPC call", "code", code.String(), "duration", elapsed)
+		logger.V(pollVerbosity(method)).Info("GRPC call", "code", code.String(), "duration", elapsed)
 	}
 	return resp, err
+}
+
+// pollVerbosity keeps calls that are polled on a timer (the liveness probe,
+// kubelet's capability and stats polls) out of the default log unless they
+// fail; everything that changes state logs at V(0).
+func pollVerbosity(method string) int {
+	switch method {
+	case "Probe", "NodeGetCapabilities", "NodeGetVolumeStats", "GetPluginInfo", "GetPluginCapabilities",
+		"ControllerGetCapabilities", "GetCapacity":
+		return 4
+	}
+	return 0
 }
 
 // requestVolumeID finds the volume (or snapshot) a request is about, for the log key.
