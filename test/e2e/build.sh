@@ -83,6 +83,8 @@ build_k8s_bin() {
 build_e2e_test() {
 	local out=$BIN_DIR/e2e.test
 	if [[ -x $out && -f $out.$K8S_VERSION ]]; then return; fi
+	# The ginkgo CLI (same version as e2e.test's ginkgo) runs the suite in parallel.
+	(cd "$CACHE_DIR/k8s-mod" && timed ginkgo "${NICE[@]}" go build -trimpath -o "$BIN_DIR/ginkgo" github.com/onsi/ginkgo/v2/ginkgo)
 	(cd "$CACHE_DIR/k8s-mod" && timed e2e.test "${NICE[@]}" go test -c -trimpath -ldflags "$(k8s_ldflags)" -o "$out" k8s.io/kubernetes/test/e2e)
 	touch "$out.$K8S_VERSION"
 }

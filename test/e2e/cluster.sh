@@ -161,7 +161,10 @@ TOML
 	for img in "$IMG_DIR"/*.tar; do
 		ctr -a "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack=false "$img" >/dev/null
 	done
-	ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -E "^localhost/" >&2
+	# The storage suite's pods name the upstream test images; these are ours.
+	ctr -a "$CONTAINERD_SOCK" -n k8s.io images tag "localhost/busybox:$IMAGE_TAG" registry.k8s.io/e2e-test-images/busybox:1.37.0-1 >/dev/null
+	ctr -a "$CONTAINERD_SOCK" -n k8s.io images tag "localhost/pause:$IMAGE_TAG" registry.k8s.io/pause:3.10.1 >/dev/null
+	ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q >&2
 }
 
 start_kubelet() {
