@@ -38,6 +38,7 @@ func runMain(m *testing.M) int {
 			return 1
 		}
 	}
+	defer removeFixtures()
 	return m.Run()
 }
 
