@@ -200,12 +200,18 @@ static_image() {
 ploop_image() {
 	local rootfs pkg files
 	rootfs=$(mktemp -d)
+	# Merged /usr, as in Debian bookworm: /bin, /sbin, /lib* point into /usr.
+	mkdir -p "$rootfs/usr/bin" "$rootfs/usr/sbin" "$rootfs/usr/lib" "$rootfs/usr/lib64"
+	ln -s usr/bin "$rootfs/bin"
+	ln -s usr/sbin "$rootfs/sbin"
+	ln -s usr/lib "$rootfs/lib"
+	ln -s usr/lib64 "$rootfs/lib64"
 	files=()
 	for pkg in e2fsprogs xfsprogs util-linux mount libc-bin dash coreutils; do
 		mapfile -t -O "${#files[@]}" files < <(dpkg -L "$pkg" | grep -E '^/(usr/)?s?bin/|^/etc/' || true)
 	done
-	copy_with_libs "$rootfs" "${files[@]}" /lib64/ld-linux-x86-64.so.2 /etc/mke2fs.conf
-	[[ -e $rootfs/bin/sh ]] || ln -s dash "$rootfs/bin/sh"
+	copy_with_libs "$rootfs" "${files[@]}" /etc/mke2fs.conf
+	[[ -e $rootfs/usr/bin/sh ]] || ln -sf dash "$rootfs/usr/bin/sh"
 	mkdir -p "$rootfs/usr/local/bin" "$rootfs/tmp" "$rootfs/run" "$rootfs/var/lib" "$rootfs/dev" "$rootfs/proc" "$rootfs/sys"
 	cp "$BIN_DIR/csi-ploop" "$rootfs/usr/local/bin/csi-ploop"
 	make_image csi-ploop "$rootfs" /usr/local/bin/csi-ploop
