@@ -42,3 +42,10 @@ bench:
 .PHONY: manifests
 manifests:
 	$(GO) test -count=1 ./deploy/... ./pkg/registration/
+
+# A real single-node Kubernetes (built from the Go module proxy) with csi-ploop
+# deployed from deploy/, the kubectl user story and the storage e2e suite.
+# Root, not part of `make test` or CI; see README, "End-to-end on a real cluster".
+.PHONY: e2e
+e2e:
+	test/e2e/run.sh
