@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // StageRequest is NodeStageVolume after CSI validation.
@@ -127,10 +128,20 @@ func (m *Manager) mountStaging(ctx context.Context, rec *volumeRecord, dev strin
 		return fmt.Errorf("staging dir: %w", err)
 	}
 	fsType := firstNonEmpty(req.FsType, rec.FsType, "ext4")
-	if err := m.mounter.FormatAndMount(ctx, dev, req.StagingPath, fsType, req.MountFlags); err != nil {
+	if err := m.mounter.FormatAndMount(ctx, dev, req.StagingPath, fsType, stageOptions(fsType, req.MountFlags)); err != nil {
 		return fmt.Errorf("format and mount %s (%s) at %s: %w", dev, fsType, req.StagingPath, err)
 	}
 	return nil
+}
+
+// stageOptions adds nouuid for xfs: a snapshot restore or clone carries its
+// source's filesystem UUID, and both always live on this node, so without it
+// XFS refuses to mount the copy while the source is mounted.
+func stageOptions(fsType string, flags []string) []string {
+	if fsType != "xfs" || slices.Contains(flags, "nouuid") {
+		return flags
+	}
+	return append(slices.Clone(flags), "nouuid")
 }
 
 // NodeUnstage unmounts the staging path and detaches. Idempotent; ErrNotFound only

@@ -186,8 +186,24 @@ func expandOnline(t *testing.T, h *harness) {
 	if u := h.stats(e, e.target); u.GetTotal() != statfs(t, e.target).total {
 		t.Errorf("NodeGetVolumeStats after expansion: %v", u)
 	}
+	cloneMountedXfs(t, h, e, files, map[string][32]byte{filepath.Base(big): sum})
 	h.unpublishUnstage(e)
 	h.deleteVolume(e.id)
+}
+
+// cloneMountedXfs clones the grown xfs volume e and mounts the clone beside
+// it: the clone has e's filesystem UUID, which xfs refuses without nouuid.
+func cloneMountedXfs(t *testing.T, h *harness, e *vol, files []fileRec, sums map[string][32]byte) {
+	c := h.createVolume("vol-e-clone", 640*mi, mountCap("xfs"), fromVolume(e.id))
+	h.stagePublish(c)
+	checkFiles(t, c.target, files)
+	for name, sum := range sums {
+		if fileSum(t, filepath.Join(c.target, name)) != sum {
+			t.Errorf("clone of %s: %s differs", e.id, name)
+		}
+	}
+	h.unpublishUnstage(c)
+	h.deleteVolume(c.id)
 }
 
 // blockVolume writes and reads a raw block volume at several offsets, and
