@@ -53,10 +53,12 @@ type harness struct {
 	logPath string
 	proc    *exec.Cmd
 	exited  chan struct{}
-	conn    *grpc.ClientConn
-	ctrl    csi.ControllerClient
-	node    csi.NodeClient
-	ident   csi.IdentityClient
+	// lastExit is the exit status of the last stopped driver.
+	lastExit int
+	conn     *grpc.ClientConn
+	ctrl     csi.ControllerClient
+	node     csi.NodeClient
+	ident    csi.IdentityClient
 
 	published map[string]string // target -> volume ID
 	staged    map[string]string // staging path -> volume ID
@@ -150,6 +152,7 @@ func (h *harness) stopDriver() {
 		_ = h.proc.Process.Kill()
 		<-h.exited
 	}
+	h.lastExit = h.proc.ProcessState.ExitCode()
 	h.proc = nil
 }
 
@@ -235,14 +238,4 @@ func lazyUnmount(t *testing.T, path string) {
 
 func rpcCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 2*time.Minute)
-}
-
-// isExited reports whether the driver process is gone.
-func (h *harness) isExited() bool {
-	select {
-	case <-h.exited:
-		return true
-	default:
-		return false
-	}
 }
