@@ -172,6 +172,10 @@ start_kubelet() {
 	# Bidirectional mount propagation needs the kubelet root on a shared mount.
 	mount --rbind "$KUBELET_DIR" "$KUBELET_DIR"
 	mount --make-rshared "$KUBELET_DIR"
+	# The apiserver reaches the kubelet (logs, exec) at the node's InternalIP,
+	# this machine's own address; the kubelet listens there only.
+	local hostip
+	hostip=$(hostname -I | awk '{print $1}')
 	cat >"$STATE_DIR/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -179,7 +183,7 @@ cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
-address: 127.0.0.1
+address: $hostip
 healthzBindAddress: 127.0.0.1
 readOnlyPort: 0
 tlsCertFile: $PKI/kubelet.crt

@@ -60,6 +60,7 @@ import sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
 passed = failed = skipped = 0
 failures = []
+reasons = {}
 for tc in root.iter("testcase"):
     name = tc.get("name", "")
     if name.startswith("[SynchronizedBeforeSuite]") or name.startswith("[SynchronizedAfterSuite]") \
@@ -68,14 +69,22 @@ for tc in root.iter("testcase"):
             failures.append(name)
             failed += 1
         continue
-    if tc.find("skipped") is not None:
+    sk = tc.find("skipped")
+    if sk is not None:
+        # Specs left out by --focus/--skip are reported as plain "skipped";
+        # specs that ran and skipped themselves carry "skipped - <reason>".
+        if (sk.get("message") or "").strip() == "skipped":
+            continue
         skipped += 1
+        reasons[(sk.get("message") or "")[:160]] = reasons.get((sk.get("message") or "")[:160], 0) + 1
     elif tc.find("failure") is not None or tc.find("error") is not None:
         failed += 1
         failures.append(name)
     else:
         passed += 1
 print(f"storage suite: {passed} passed, {failed} failed, {skipped} skipped")
+for r, n in sorted(reasons.items(), key=lambda x: -x[1]):
+    print(f"  skipped x{n}: {r}")
 for f in failures:
     print("  FAILED:", f)
 PY
