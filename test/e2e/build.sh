@@ -4,7 +4,7 @@
 # replace directives for the published staging modules), the CSI sidecars
 # (module proxy sources), the pause program and csi-ploop, and the OCI layouts
 # of their images (umoci, no Docker). Every go build runs under nice -n 19.
-# Usage: build.sh [all|k8s|e2etest|sidecars|images]
+# Usage: build.sh [all|base|k8s|e2etest|sidecars|images] (base: all but e2e.test)
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -253,18 +253,19 @@ build_k8s() {
 	done
 }
 
-case ${1:-all} in
+target=${1:-all}
+case $target in
 k8s) build_k8s ;;
 e2etest) k8s_module && build_e2e_test ;;
 sidecars) build_sidecars && snapshot_crds ;;
 images) build_images ;;
-all)
+base | all)
 	command -v etcd >/dev/null || die "etcd missing: apt-get install etcd-server"
 	build_k8s
 	build_sidecars
 	snapshot_crds
 	build_images
-	build_e2e_test
+	[[ $target == base ]] || build_e2e_test
 	;;
-*) die "usage: $0 [all|k8s|e2etest|sidecars|images]" ;;
+*) die "usage: $0 [all|base|k8s|e2etest|sidecars|images]" ;;
 esac
