@@ -181,6 +181,22 @@ func (d *Descriptor) ChainFiles(dir string) ([]string, error) {
 	return files, nil
 }
 
+// withNewTop returns a copy of the descriptor with a new top delta above
+// the current one (the file from opts, or "root.hds.{GUID}"), and that file.
+func (d *Descriptor) withNewTop(opts SnapshotOptions) (*Descriptor, string) {
+	guid := NewGUID()
+	file := opts.NewDeltaFile
+	if file == "" {
+		file = RootDeltaFile + "." + guid
+	}
+	next := *d
+	next.Storage = []Storage{d.Storage[0]}
+	next.Storage[0].Images = append([]DescImage(nil), d.Storage[0].Images...)
+	next.Snapshots.Shots = append([]Shot(nil), d.Snapshots.Shots...)
+	next.AddTop(guid, file)
+	return &next, file
+}
+
 // AddTop records a new top delta above the current one.
 func (d *Descriptor) AddTop(guid, file string) {
 	d.Storage[0].Images = append(d.Storage[0].Images, DescImage{GUID: guid, Type: imageTypeExpanded, File: file})

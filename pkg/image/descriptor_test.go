@@ -1,7 +1,9 @@
 package image
 
 import (
+	"bytes"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -98,5 +100,45 @@ func TestCreateOnChainSharesFrozenDeltas(t *testing.T) {
 	defer c.Close()
 	if got := mustRead(t, c.Chain(), 0, len(data)); string(got) != string(data) || c.Chain().Size() != 16<<20 {
 		t.Fatalf("clone of snapshot %s reads wrong", guid)
+	}
+}
+
+func TestSnapshotDirReadsOnlyTheTop(t *testing.T) {
+	dir := t.TempDir()
+	if err := Create(dir, 8<<20, CreateOptions{ClusterSize: 64 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := OpenDir(dir, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(3, 3<<16)
+	mustWrite(t, img.Chain(), 0, data)
+	img.Close()
+	first, err := SnapshotDir(dir, SnapshotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Make the bottom delta unreadable as a delta: a snapshot that looked
+	// at it (reading its BAT) would fail; one that reads only the top does not.
+	bottom := mustFiles(t, dir)[0]
+	saved, _ := os.ReadFile(bottom)
+	os.WriteFile(bottom, []byte("not a delta"), 0o600)
+	second, err := SnapshotDir(dir, SnapshotOptions{})
+	os.WriteFile(bottom, saved, 0o600)
+	if err != nil {
+		t.Fatalf("offline snapshot read below the top: %v", err)
+	}
+	d, _ := ReadDescriptor(dir)
+	if chain, _ := d.Chain(); len(chain) != 3 || !sameGUID(chain[0].GUID, first) || !sameGUID(chain[1].GUID, second) {
+		t.Fatalf("chain after two snapshots: %+v", chain)
+	}
+	img, err = OpenDir(dir, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if got := mustRead(t, img.Chain(), 0, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("data lost across offline snapshots")
 	}
 }
