@@ -73,6 +73,9 @@ func (m *Manager) createEmpty(ctx context.Context, req CreateVolumeRequest) (Vol
 	if err != nil {
 		return Volume{}, err
 	}
+	if size, err = fitFilesystem(size, req.LimitBytes, req.FsType); err != nil {
+		return Volume{}, err
+	}
 	cs := req.ClusterSize
 	if cs == 0 {
 		cs = DefaultClusterSize
@@ -186,4 +189,21 @@ func (m *Manager) buildVolume(ctx context.Context, req CreateVolumeRequest, size
 func (m *Manager) discard(dir, top string) {
 	_ = os.RemoveAll(dir)
 	_ = os.Remove(top)
+}
+
+// minXFSBytes is the smallest disk mkfs.xfs formats ("Filesystem must be
+// larger than 300MB").
+const minXFSBytes = 300 << 20
+
+// fitFilesystem raises size to what the filesystem needs, so a volume that
+// is created can also be staged; a limit that forbids that is OutOfRange at
+// create time rather than an Internal error at stage time.
+func fitFilesystem(size, limit int64, fsType string) (int64, error) {
+	if fsType != "xfs" || size >= minXFSBytes {
+		return size, nil
+	}
+	if limit > 0 && limit < minXFSBytes {
+		return 0, fmt.Errorf("xfs needs at least %d bytes, the limit is %d: %w", minXFSBytes, limit, ErrOutOfRange)
+	}
+	return minXFSBytes, nil
 }

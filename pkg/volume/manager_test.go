@@ -239,3 +239,16 @@ func TestCapacity(t *testing.T) {
 		t.Fatalf("Capacity = %d, %v", c, err)
 	}
 }
+
+func TestXFSVolumesAreBigEnoughToFormat(t *testing.T) {
+	e := newEnv(t)
+	v, err := e.m.CreateVolume(context.Background(), CreateVolumeRequest{Name: "x", RequiredBytes: 64 << 20, FsType: "xfs"})
+	if err != nil || v.CapacityBytes != minXFSBytes {
+		t.Fatalf("xfs volume of 64 MiB asked: %+v %v", v, err)
+	}
+	_, err = e.m.CreateVolume(context.Background(), CreateVolumeRequest{Name: "y", RequiredBytes: 64 << 20, LimitBytes: 128 << 20, FsType: "xfs"})
+	wantErr(t, err, ErrOutOfRange)
+	if v, err := e.m.CreateVolume(context.Background(), CreateVolumeRequest{Name: "z", RequiredBytes: 64 << 20}); err != nil || v.CapacityBytes != 64<<20 {
+		t.Fatalf("ext4 volume: %+v %v", v, err)
+	}
+}
