@@ -50,6 +50,9 @@ func (m *Manager) reconcileVolume(ctx context.Context, id string) error {
 		return err
 	}
 	klog.FromContext(ctx).Info("Serving process of a staged volume is gone; attaching it again", "volumeID", id)
+	// The dead mounts hold the dead loop device open: they go first, or the
+	// device cannot be detached.
+	m.unmountDeadMounts(ctx, st)
 	if err := m.attacher.Detach(ctx, dir); err != nil { // cleans up after the dead process
 		return fmt.Errorf("clean up dead attachment: %w", err)
 	}
@@ -64,18 +67,25 @@ func (m *Manager) reconcileVolume(ctx context.Context, id string) error {
 	return writeJSONAtomic(m.stagedPath(id), st)
 }
 
-// remount replaces the dead mounts of a staged volume with ones of dev.
+func (m *Manager) unmountDeadMounts(ctx context.Context, st *stagedRecord) {
+	for _, t := range st.Targets {
+		m.unmountDead(ctx, t.Path)
+	}
+	if !st.Block {
+		m.unmountDead(ctx, st.StagingPath)
+	}
+}
+
+// remount mounts a staged volume again from its new device dev.
 func (m *Manager) remount(ctx context.Context, st *stagedRecord, dev string) error {
 	source := dev
 	if !st.Block {
-		m.unmountDead(ctx, st.StagingPath)
 		if err := m.mounter.FormatAndMount(ctx, dev, st.StagingPath, st.FsType, st.MountFlags); err != nil {
 			return fmt.Errorf("mount %s at %s again: %w", dev, st.StagingPath, err)
 		}
 		source = st.StagingPath
 	}
 	for _, t := range st.Targets {
-		m.unmountDead(ctx, t.Path)
 		if err := m.mounter.Mount(ctx, source, t.Path, "", t.Options); err != nil {
 			return fmt.Errorf("bind %s at %s again: %w", source, t.Path, err)
 		}
