@@ -23,6 +23,8 @@ func codeFor(err error) (codes.Code, bool) {
 		return codes.OutOfRange, true
 	case errors.Is(err, volume.ErrFailedPrecondition):
 		return codes.FailedPrecondition, true
+	case errors.Is(err, volume.ErrResourceExhausted):
+		return codes.ResourceExhausted, true
 	case errors.Is(err, volume.ErrBusy), errors.Is(err, volume.ErrBadToken):
 		return codes.Aborted, true // CSI: retry later / restart the listing
 	case errors.Is(err, context.DeadlineExceeded):

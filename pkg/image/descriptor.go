@@ -16,6 +16,10 @@ import (
 // DescriptorFile is the name of the descriptor in an image directory.
 const DescriptorFile = "DiskDescriptor.xml"
 
+// ErrChainTooDeep means a snapshot would make the chain deeper than ploop
+// descriptors allow (1024 deltas).
+var ErrChainTooDeep = errors.New("snapshot chain too deep")
+
 // ZeroGUID is the parent of the bottom snapshot.
 const ZeroGUID = "{00000000-0000-0000-0000-000000000000}"
 
@@ -183,7 +187,14 @@ func (d *Descriptor) ChainFiles(dir string) ([]string, error) {
 
 // withNewTop returns a copy of the descriptor with a new top delta above
 // the current one (the file from opts, or "root.hds.{GUID}"), and that file.
-func (d *Descriptor) withNewTop(opts SnapshotOptions) (*Descriptor, string) {
+// A chain at the depth limit gets ErrChainTooDeep: a deeper one would be
+// written but could never be read back.
+func (d *Descriptor) withNewTop(opts SnapshotOptions) (*Descriptor, string, error) {
+	if chain, err := d.Chain(); err != nil {
+		return nil, "", err
+	} else if len(chain) >= maxChainDepth {
+		return nil, "", fmt.Errorf("%w: the chain is %d deltas deep; merge snapshots away first", ErrChainTooDeep, len(chain))
+	}
 	guid := NewGUID()
 	file := opts.NewDeltaFile
 	if file == "" {
@@ -194,7 +205,7 @@ func (d *Descriptor) withNewTop(opts SnapshotOptions) (*Descriptor, string) {
 	next.Storage[0].Images = append([]DescImage(nil), d.Storage[0].Images...)
 	next.Snapshots.Shots = append([]Shot(nil), d.Snapshots.Shots...)
 	next.AddTop(guid, file)
-	return &next, file
+	return &next, file, nil
 }
 
 // AddTop records a new top delta above the current one.

@@ -142,3 +142,17 @@ func TestSnapshotDirReadsOnlyTheTop(t *testing.T) {
 		t.Fatal("data lost across offline snapshots")
 	}
 }
+
+func TestSnapshotRefusedAtDepthLimit(t *testing.T) {
+	d := NewDescriptor(1<<30, 1<<20, NewGUID(), "root.hds")
+	for range maxChainDepth - 1 {
+		d.AddTop(NewGUID(), "x")
+	}
+	if _, _, err := d.withNewTop(SnapshotOptions{}); !errors.Is(err, ErrChainTooDeep) {
+		t.Fatalf("snapshot of a %d-deep chain: %v", maxChainDepth, err)
+	}
+	b, _ := d.Encode()
+	if _, err := DecodeDescriptor(b); err != nil {
+		t.Fatalf("a chain at the limit must stay readable: %v", err)
+	}
+}

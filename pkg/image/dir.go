@@ -244,8 +244,11 @@ type SnapshotOptions struct {
 // in-flight requests); the descriptor rename is the commit point.
 func (img *Image) Snapshot(opts SnapshotOptions) (string, error) {
 	frozen := img.desc.Snapshots.TopGUID
-	next, file := img.desc.withNewTop(opts)
-	err := img.chain.Snapshot(resolve(img.Dir, file), func() error { return next.write(img.fs, img.Dir) })
+	next, file, err := img.desc.withNewTop(opts)
+	if err != nil {
+		return "", err
+	}
+	err = img.chain.Snapshot(resolve(img.Dir, file), func() error { return next.write(img.fs, img.Dir) })
 	if err != nil {
 		return "", err
 	}
@@ -299,7 +302,10 @@ func SnapshotDir(dir string, opts SnapshotOptions) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	next, file := desc.withNewTop(opts)
+	next, file, err := desc.withNewTop(opts)
+	if err != nil {
+		return "", err
+	}
 	next.SetSize(max(h.Size(), desc.Size())) // a grow cut short after the delta: the delta is right
 	nh, err := NewHeader(next.Size(), h.ClusterSize())
 	if err != nil {

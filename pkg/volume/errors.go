@@ -11,6 +11,9 @@ var (
 	ErrOutOfRange         = errors.New("out of range")
 	ErrFailedPrecondition = errors.New("failed precondition")
 	ErrBusy               = errors.New("operation in progress")
+	// ErrResourceExhausted: a limit of the storage was reached (e.g. the
+	// snapshot chain of a volume is as deep as ploop allows).
+	ErrResourceExhausted = errors.New("resource exhausted")
 	// ErrBadToken: a pagination token this manager did not produce (CSI: ABORTED).
 	ErrBadToken = errors.New("invalid pagination token")
 )

@@ -28,6 +28,8 @@ func mapErr(err error) error {
 		return fmt.Errorf("%w: %w", volume.ErrInvalid, err)
 	case errors.Is(err, image.ErrBusy):
 		return fmt.Errorf("%w: %w", volume.ErrBusy, err)
+	case errors.Is(err, image.ErrChainTooDeep):
+		return fmt.Errorf("%w: %w", volume.ErrResourceExhausted, err)
 	}
 	return err
 }
