@@ -124,11 +124,10 @@ build_sidecars() {
 	build_sidecar snapshot-controller github.com/kubernetes-csi/external-snapshotter/v8 "$SNAPSHOTTER_VERSION" snapshot-controller
 }
 
-# The snapshot CRDs come with the external-snapshotter source.
+# The snapshot CRDs come with the external-snapshotter client module.
 snapshot_crds() {
-	local src=$CACHE_DIR/src/csi-snapshotter-$SNAPSHOTTER_VERSION
-	fetch_module github.com/kubernetes-csi/external-snapshotter/v8 "$SNAPSHOTTER_VERSION" "$src"
-	ls "$src"/client/config/crd/snapshot.storage.k8s.io_*.yaml >/dev/null
+	fetch_module github.com/kubernetes-csi/external-snapshotter/client/v8 "$SNAPSHOTTER_VERSION" "$SNAPSHOT_CLIENT_DIR"
+	ls "$SNAPSHOT_CLIENT_DIR"/config/crd/snapshot.storage.k8s.io_*.yaml >/dev/null
 }
 
 build_ours() {

@@ -16,6 +16,7 @@ SNAPSHOTTER_VERSION=v8.7.0
 CACHE_DIR=${CSI_PLOOP_E2E_CACHE:-/var/cache/csi-ploop-e2e}
 BIN_DIR=$CACHE_DIR/bin
 IMG_DIR=$CACHE_DIR/images
+SNAPSHOT_CLIENT_DIR=$CACHE_DIR/src/snapshot-client-$SNAPSHOTTER_VERSION
 # Everything of one run (certs, etcd data, logs, kubelet root, driver root)
 # lives here and is removed by the teardown.
 STATE_DIR=/var/lib/csi-ploop-e2e # fixed: overlay/ names these paths

@@ -40,8 +40,8 @@ summary() {
 }
 
 start_snapshot_controller() {
-	local src=$CACHE_DIR/src/csi-snapshotter-$SNAPSHOTTER_VERSION crd
-	for crd in "$src"/client/config/crd/snapshot.storage.k8s.io_*.yaml; do
+	local crd
+	for crd in "$SNAPSHOT_CLIENT_DIR"/config/crd/snapshot.storage.k8s.io_*.yaml; do
 		kc apply -f "$crd" >/dev/null
 	done
 	kc wait --for=condition=Established --timeout=60s \
