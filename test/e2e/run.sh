@@ -56,13 +56,23 @@ start_snapshot_controller() {
 	echo $! >"$STATE_DIR/pids/snapshot-controller"
 }
 
+ds_ready() {
+	local ready
+	ready=$(kc -n csi-ploop get daemonset csi-ploop-node -o jsonpath='{.status.numberReady}/{.status.desiredNumberScheduled}')
+	[[ $ready == 1/1 ]]
+}
+
 driver_registered() {
 	[[ $(kc get csinode "$NODE_NAME" -o jsonpath='{.spec.drivers[*].name}') == *"$DRIVER_NAME"* ]]
 }
 
 deploy_driver() {
 	kc apply -k "$E2E_DIR/overlay"
-	kc -n csi-ploop rollout status daemonset/csi-ploop-node --timeout=180s
+	# OnDelete update strategy: no "rollout status"; count ready pods instead.
+	wait_for 180 "csi-ploop-node ready" ds_ready || {
+		kc -n csi-ploop describe pods >&2
+		return 1
+	}
 	wait_for 120 "csi-ploop registered with the kubelet" driver_registered
 	kc -n csi-ploop get pods -o wide
 }

@@ -141,17 +141,27 @@ no_driver_pvs() { [[ -z $(kc get pv -o jsonpath="{.items[?(@.spec.csi.driver=='$
 no_snapcontents() { [[ -z $(kc get volumesnapshotcontents -o name) ]]; }
 
 volume_files() { find "$DRIVER_ROOT/volumes" "$DRIVER_ROOT/deltas" "$DRIVER_ROOT/meta" -type f 2>/dev/null || true; }
-volume_mounts() { grep -E 'kubernetes.io/csi|/run/csi-ploop-e2e/driver/|fuse' /proc/self/mountinfo | awk '{print $5, $9, $10}' || true; }
+# CSI staging/publish mounts, and the FUSE mounts of the serving processes.
+volume_mounts() {
+	findmnt -rn -o TARGET,FSTYPE,SOURCE | awk '$1 ~ /kubernetes.io\/csi|\/run\/csi-ploop-e2e\/driver\// || $2 ~ /^fuse($|\.)/' || true
+}
+# The serving processes mount FUSE inside the csi-ploop container (its
+# /run/csi-ploop has no mount propagation): look there too.
+driver_mounts() {
+	kc -n csi-ploop exec daemonset/csi-ploop-node -c csi-ploop -- findmnt -rn -o TARGET,FSTYPE,SOURCE |
+		awk '$1 ~ /^\/run\/csi-ploop\// || $2 ~ /^fuse($|\.)/ || $1 ~ /kubernetes.io\/csi/' || true
+}
 new_loops() {
 	losetup -l -n -O NAME,BACK-FILE 2>/dev/null | while read -r dev back; do
 		grep -qxF "$dev" "$STATE_DIR/loops-before" 2>/dev/null || echo "$dev $back"
 	done
 }
-leftovers_gone() { [[ -z $(volume_files) && -z $(volume_mounts) && -z $(new_loops) ]]; }
+leftovers_gone() { [[ -z $(volume_files) && -z $(volume_mounts) && -z $(driver_mounts) && -z $(new_loops) ]]; }
 leftovers_report() {
-	log "volume files: $(volume_files | wc -l), csi/fuse mounts: $(volume_mounts | wc -l), new loop devices: $(new_loops | wc -l)"
+	log "volume files: $(volume_files | wc -l), csi/fuse mounts: $(volume_mounts | wc -l) on the host, $(driver_mounts | wc -l) in the driver container, new loop devices: $(new_loops | wc -l)"
 	volume_files >&2
 	volume_mounts >&2
+	driver_mounts >&2
 	new_loops >&2
 }
 
