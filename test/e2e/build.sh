@@ -230,6 +230,10 @@ busybox_image() {
 	echo "root:x:0:0:root:/root:/bin/sh" >"$rootfs/etc/passwd"
 	echo "root:x:0:" >"$rootfs/etc/group"
 	make_image busybox "$rootfs" --cmd sh
+	# Stand-in for the suite's agnhost image, which the storage tests only use
+	# as the privileged "hostexec" pod (started without arguments, then
+	# "nsenter ... sh -c CMD" exec'd into it): busybox that sleeps.
+	make_image agnhost "$rootfs" --cmd sleep 2147483647
 	rm -rf "$rootfs"
 }
 

@@ -161,10 +161,20 @@ TOML
 	for img in "$IMG_DIR"/*.tar; do
 		ctr -a "$CONTAINERD_SOCK" -n k8s.io images import --no-unpack=false "$img" >/dev/null
 	done
-	# The storage suite's pods name the upstream test images; these are ours.
-	ctr -a "$CONTAINERD_SOCK" -n k8s.io images tag "localhost/busybox:$IMAGE_TAG" registry.k8s.io/e2e-test-images/busybox:1.37.0-1 >/dev/null
-	ctr -a "$CONTAINERD_SOCK" -n k8s.io images tag "localhost/pause:$IMAGE_TAG" registry.k8s.io/pause:3.10.1 >/dev/null
+	tag_test_images
 	ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls -q >&2
+}
+
+# The storage suite's pods name upstream test images (pulled if not present);
+# these local ones stand in for them: busybox for busybox and for
+# jessie-dnsutils (multiVolume pods run sh, dd, md5sum), a sleeping busybox for
+# agnhost (hostexec pods).
+tag_test_images() {
+	local c=(ctr -a "$CONTAINERD_SOCK" -n k8s.io images tag --force)
+	"${c[@]}" "localhost/busybox:$IMAGE_TAG" registry.k8s.io/e2e-test-images/busybox:1.37.0-1 >/dev/null
+	"${c[@]}" "localhost/busybox:$IMAGE_TAG" registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7 >/dev/null
+	"${c[@]}" "localhost/agnhost:$IMAGE_TAG" registry.k8s.io/e2e-test-images/agnhost:2.56 >/dev/null
+	"${c[@]}" "localhost/pause:$IMAGE_TAG" registry.k8s.io/pause:3.10.1 >/dev/null
 }
 
 start_kubelet() {

@@ -40,7 +40,7 @@ log "suite: focus=$FOCUS"
 log "suite: skip=$SKIP"
 t0=$SECONDS
 rc=0
-"$BIN_DIR/ginkgo" --procs="$PROCS" --timeout=60m --no-color --succinct \
+"$BIN_DIR/ginkgo" --procs="$PROCS" --timeout=60m --no-color --succinct --silence-skips \
 	--focus="$FOCUS" --skip="$SKIP" \
 	--output-dir="$REPORT_DIR" --junit-report=junit.xml \
 	"$BIN_DIR/e2e.test" -- \
