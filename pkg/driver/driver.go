@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 	"github.com/csi-ploop/csi-ploop/pkg/volume"
 )
 
@@ -180,17 +180,7 @@ func listenUnix(endpoint string) (net.Listener, error) {
 	if path == "" {
 		return nil, fmt.Errorf("endpoint %q: empty socket path", endpoint)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("socket dir: %w", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", path, err)
-	}
-	return lis, nil
+	return unixsock.Listen(path)
 }
 
 // lock takes the in-flight lock for key; CSI wants ABORTED for a second operation

@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 )
 
 // DefaultDir is the kubelet's plugin registration directory with the default kubelet root.
@@ -120,18 +122,7 @@ func (s *Server) Status() (notified, registered bool, err error) {
 
 // Listen creates the registration socket (replacing a stale one).
 func (s *Server) Listen() (net.Listener, error) {
-	path := s.SocketPath()
-	if err := os.MkdirAll(s.cfg.Dir, 0o750); err != nil {
-		return nil, fmt.Errorf("registration dir: %w", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale registration socket %s: %w", path, err)
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", path, err)
-	}
-	return lis, nil
+	return unixsock.Listen(s.SocketPath())
 }
 
 // Serve serves the Registration service on lis until ctx is done, then stops
