@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 
+	"github.com/go-logr/logr"
 	"k8s.io/klog/v2"
 
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
@@ -77,9 +79,10 @@ func runDriver(ctx context.Context, args []string) int {
 		return 1
 	}
 	mgr, err := volume.Open(ctx, volume.Options{
-		Root:      cfg.driver.Root,
-		Store:     ploopstore.New(),
-		Attacher:  attach.NewClient(attach.AttachOptions{Binary: self, RunDir: cfg.runDir}),
+		Root:  cfg.driver.Root,
+		Store: ploopstore.New(),
+		Attacher: attach.NewClient(attach.AttachOptions{Binary: self, RunDir: cfg.runDir,
+			Logger: slog.New(logr.ToSlogHandler(klog.Background()))}),
 		Mounter:   volume.NewMounter(),
 		SkipSweep: cfg.driver.Mode == driver.ModeNode,
 	})

@@ -7,6 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+
+	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
 	"os/signal"
 	"syscall"
 	"time"
@@ -54,7 +57,7 @@ The env var CSI_PLOOP_CPUPROFILE=FILE writes a CPU profile on exit.`}
 	opts := attach.ServeOptions{
 		RunDir:         *runDir,
 		RequestTimeout: *timeout,
-		Logger:         slog.New(slog.NewTextHandler(stdio.Stderr, nil)),
+		Logger:         klogSlog(),
 		Ready:          func(st attach.Status) { fmt.Fprintln(stdio.Stdout, st.Device) },
 	}
 	if err := attach.Serve(ctx, pos[0], opts); err != nil {
@@ -116,3 +119,7 @@ func attachHint(err error) error {
 	}
 	return err
 }
+
+// klogSlog is a slog.Logger writing through klog, so the serving process
+// logs in the same structured format as the driver that starts it.
+func klogSlog() *slog.Logger { return slog.New(logr.ToSlogHandler(klog.Background())) }
