@@ -218,7 +218,11 @@ YAML
 
 up() {
 	[[ ! -e $PID_DIR ]] || die "$PID_DIR exists: a run is active or was not torn down (cluster.sh down)"
+	if [[ -n $(ls -A "$KUBELET_DIR" 2>/dev/null) ]]; then
+		die "$KUBELET_DIR exists and is not empty: another kubelet's? Not touching it"
+	fi
 	mkdir -p "$STATE_DIR" "$PID_DIR" "$LOG_DIR" "$RUN_DIR"
+	touch "$STATE_DIR/owns-kubelet-dir"
 	losetup -l -n -O NAME >"$STATE_DIR/loops-before" || true
 	gen_certs
 	start_control_plane
@@ -271,7 +275,7 @@ unmount_all() {
 	for ((i = 0; i < 3; i++)); do
 		# Deepest first.
 		mapfile -t mounts < <(awk '{print $5}' /proc/self/mountinfo |
-			grep -E "^($STATE_DIR|$RUN_DIR)(/|$)" | awk '{print length, $0}' | sort -rn | cut -d' ' -f2- | uniq)
+			grep -E "^($STATE_DIR|$RUN_DIR|$KUBELET_DIR)(/|$)" | awk '{print length, $0}' | sort -rn | cut -d' ' -f2- | uniq)
 		((${#mounts[@]})) || return 0
 		for m in "${mounts[@]}"; do
 			umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
@@ -304,9 +308,12 @@ down() {
 	detach_loops
 	unmount_all
 	ip link del "$CNI_BRIDGE" 2>/dev/null || true
-	if [[ -n $(awk '{print $5}' /proc/self/mountinfo | grep -E "^($STATE_DIR|$RUN_DIR)(/|$)" || true) ]]; then
+	if [[ -n $(awk '{print $5}' /proc/self/mountinfo | grep -E "^($STATE_DIR|$RUN_DIR|$KUBELET_DIR)(/|$)" || true) ]]; then
 		log "WARNING: mounts left under $STATE_DIR or $RUN_DIR; not removing them"
 		return 1
+	fi
+	if [[ -e $STATE_DIR/owns-kubelet-dir ]]; then
+		rm -rf "$KUBELET_DIR"
 	fi
 	rm -rf "$STATE_DIR" "$RUN_DIR"
 	log "torn down"

@@ -21,7 +21,10 @@ SNAPSHOT_CLIENT_DIR=$CACHE_DIR/src/snapshot-client-$SNAPSHOTTER_VERSION
 # lives here and is removed by the teardown.
 STATE_DIR=/var/lib/csi-ploop-e2e # fixed: overlay/ names these paths
 LOG_DIR=${CSI_PLOOP_E2E_LOGS:-/tmp/csi-ploop-e2e-logs}
-KUBELET_DIR=$STATE_DIR/kubelet
+# The standard kubelet root: the storage suite looks at /var/lib/kubelet/pods
+# on the node. Created by cluster.sh up (which refuses a non-empty one) and
+# removed by cluster.sh down.
+KUBELET_DIR=/var/lib/kubelet
 DRIVER_ROOT=$STATE_DIR/driver
 CONTAINERD_ROOT=$STATE_DIR/containerd
 CONTAINERD_STATE=/run/csi-ploop-e2e/containerd
