@@ -54,38 +54,34 @@ grep -E '^(Ran|FAIL|PASS|SUCCESS|\[FAIL\])|Summarizing|^  \[FAIL\]' "$REPORT_DIR
 
 junit=$REPORT_DIR/junit.xml
 [[ -f $junit ]] || die "no JUnit report"
-# testcase elements: passed ones have no child, the rest a <failure>, <error> or <skipped>.
+# Counts from the testcase elements' status attribute.
 python3 - "$junit" <<'PY'
-import sys, xml.etree.ElementTree as ET
+import re, sys, xml.etree.ElementTree as ET
+from collections import Counter
 root = ET.parse(sys.argv[1]).getroot()
-passed = failed = skipped = 0
-failures = []
-reasons = {}
+count, reasons, failures = Counter(), Counter(), []
 for tc in root.iter("testcase"):
-    name = tc.get("name", "")
-    if name.startswith("[SynchronizedBeforeSuite]") or name.startswith("[SynchronizedAfterSuite]") \
-       or name.startswith("[ReportAfterSuite]") or name.startswith("[BeforeSuite]") or name.startswith("[AfterSuite]"):
-        if tc.find("failure") is not None or tc.find("error") is not None:
-            failures.append(name)
-            failed += 1
-        continue
+    name, status = tc.get("name", ""), tc.get("status", "")
     sk = tc.find("skipped")
-    if sk is not None:
-        # Specs left out by --focus/--skip are reported as plain "skipped";
-        # specs that ran and skipped themselves carry "skipped - <reason>".
-        if (sk.get("message") or "").strip() == "skipped":
+    if status == "skipped":
+        msg = (sk.get("message") if sk is not None else "") or ""
+        # Specs left out by --focus/--skip are plain "skipped"; specs that ran
+        # and skipped themselves carry "skipped - <reason>".
+        if msg.strip() == "skipped":
             continue
-        skipped += 1
-        reasons[(sk.get("message") or "")[:160]] = reasons.get((sk.get("message") or "")[:160], 0) + 1
-    elif tc.find("failure") is not None or tc.find("error") is not None:
-        failed += 1
-        failures.append(name)
+        count["skipped"] += 1
+        reasons[msg[:150]] += 1
+    elif status == "passed":
+        if re.match(r"\[(Synchronized)?(Before|After)Suite\]|\[Report(Before|After)Suite\]|\[DeferCleanup \(Suite\)\]", name):
+            continue
+        count["passed"] += 1
     else:
-        passed += 1
-print(f"storage suite: {passed} passed, {failed} failed, {skipped} skipped")
-for r, n in sorted(reasons.items(), key=lambda x: -x[1]):
+        count["failed"] += 1
+        failures.append(f"{status}: {name}")
+print(f"storage suite: {count['passed']} passed, {count['failed']} failed, {count['skipped']} skipped")
+for r, n in reasons.most_common():
     print(f"  skipped x{n}: {r}")
 for f in failures:
-    print("  FAILED:", f)
+    print("  FAILED", f)
 PY
 exit "$rc"
