@@ -288,8 +288,10 @@ detach_loops() {
 	while read -r dev back; do
 		[[ -n $dev ]] || continue
 		grep -qxF "$dev" "$STATE_DIR/loops-before" 2>/dev/null && continue
+		# Ours: files under our dirs, and csi-ploop's FUSE-served "disk" files,
+		# which show as "/disk" once the container's mount namespace is gone.
 		case $back in
-		*csi-ploop* | *"(deleted)"* | "") losetup -d "$dev" 2>/dev/null && log "detached $dev ($back)" ;;
+		*csi-ploop* | */mnt/disk | /disk | *"(deleted)"* | "") losetup -d "$dev" 2>/dev/null && log "detached $dev ($back)" ;;
 		esac
 	done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
 }
