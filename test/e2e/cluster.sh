@@ -283,21 +283,44 @@ unmount_all() {
 	done
 }
 
+# Loop devices of this run: created after "up" (not in loops-before) over a
+# file under our dirs, or over the FUSE "disk" file of our driver container's
+# run dir (/run/csi-ploop/<id>/mnt/disk as the container saw it). Anything
+# else - other engineers' tests on this machine use loop devices too - is left
+# alone; a loop over a bare "/disk" (a FUSE mount whose namespace is gone) is
+# only reported, since its owner cannot be told.
 detach_loops() {
 	local dev back
 	while read -r dev back; do
 		[[ -n $dev ]] || continue
 		grep -qxF "$dev" "$STATE_DIR/loops-before" 2>/dev/null && continue
-		# Ours: files under our dirs, and csi-ploop's FUSE-served "disk" files,
-		# which show as "/disk" once the container's mount namespace is gone.
 		case $back in
-		*csi-ploop* | */mnt/disk | /disk | *"(deleted)"* | "") losetup -d "$dev" 2>/dev/null && log "detached $dev ($back)" ;;
+		"$STATE_DIR"/* | "$RUN_DIR"/* | "$KUBELET_DIR"/* | /run/csi-ploop/*/mnt/disk)
+			losetup -d "$dev" 2>/dev/null && log "detached $dev ($back)"
+			;;
+		/disk) log "WARNING: $dev over /disk (a FUSE file whose mount is gone) left attached: owner unknown" ;;
 		esac
 	done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
 }
 
+# Let the driver release its volumes itself while the cluster still runs:
+# delete workload pods and claims (bounded in time; best effort).
+release_volumes() {
+	[[ -f $PID_DIR/kube-apiserver && -f $PID_DIR/kubelet ]] || return 0
+	kc get --raw /readyz >/dev/null 2>&1 || return 0
+	local ns
+	for ns in $(kc get ns -o jsonpath='{.items[*].metadata.name}' 2>/dev/null); do
+		case $ns in csi-ploop | kube-system | kube-public | kube-node-lease | default) continue ;; esac
+		kc delete pods -n "$ns" --all --wait=false --grace-period=1 >/dev/null 2>&1 || true
+	done
+	kc delete pvc -A --all --wait=false >/dev/null 2>&1 || true
+	wait_for 90 "volumes released" no_ploop_pvs || true
+}
+no_ploop_pvs() { [[ -z $(kc get pv -o jsonpath="{.items[?(@.spec.csi.driver=='$DRIVER_NAME')].metadata.name}") ]]; }
+
 down() {
 	log "tearing down"
+	release_volumes
 	stop kubelet
 	stop_containers
 	stop containerd

@@ -141,9 +141,12 @@ no_driver_pvs() { [[ -z $(kc get pv -o jsonpath="{.items[?(@.spec.csi.driver=='$
 no_snapcontents() { [[ -z $(kc get volumesnapshotcontents -o name) ]]; }
 
 volume_files() { find "$DRIVER_ROOT/volumes" "$DRIVER_ROOT/deltas" "$DRIVER_ROOT/meta" -type f 2>/dev/null || true; }
-# CSI staging/publish mounts, and the FUSE mounts of the serving processes.
+# CSI staging/publish mounts and FUSE mounts of this cluster only (other
+# engineers' tests on this machine have their own).
 volume_mounts() {
-	findmnt -rn -o TARGET,FSTYPE,SOURCE | awk '$1 ~ /kubernetes.io\/csi|\/run\/csi-ploop-e2e\/driver\// || $2 ~ /^fuse($|\.)/' || true
+	findmnt -rn -o TARGET,FSTYPE,SOURCE | awk -v k="$KUBELET_DIR" '
+		index($1, k "/") == 1 && $1 ~ /kubernetes.io[~\/]csi/ { print; next }
+		$1 ~ /^\/run\/csi-ploop-e2e\// || $1 ~ /^\/var\/lib\/csi-ploop-e2e\// { if ($2 ~ /^fuse/) print }' || true
 }
 # The serving processes mount FUSE inside the csi-ploop container (its
 # /run/csi-ploop has no mount propagation): look there too.
@@ -151,9 +154,14 @@ driver_mounts() {
 	kc -n csi-ploop exec daemonset/csi-ploop-node -c csi-ploop -- findmnt -rn -o TARGET,FSTYPE,SOURCE |
 		awk '$1 ~ /^\/run\/csi-ploop\// || $2 ~ /^fuse($|\.)/ || $1 ~ /kubernetes.io\/csi/' || true
 }
+# Loop devices created since "up" over our files (host paths, or the driver
+# container's /run/csi-ploop/<id>/mnt/disk).
 new_loops() {
 	losetup -l -n -O NAME,BACK-FILE 2>/dev/null | while read -r dev back; do
-		grep -qxF "$dev" "$STATE_DIR/loops-before" 2>/dev/null || echo "$dev $back"
+		grep -qxF "$dev" "$STATE_DIR/loops-before" 2>/dev/null && continue
+		case $back in
+		"$STATE_DIR"/* | /run/csi-ploop-e2e/* | "$KUBELET_DIR"/* | /run/csi-ploop/*) echo "$dev $back" ;;
+		esac
 	done
 }
 leftovers_gone() { [[ -z $(volume_files) && -z $(volume_mounts) && -z $(driver_mounts) && -z $(new_loops) ]]; }
