@@ -231,9 +231,9 @@ busybox_image() {
 	echo "root:x:0:" >"$rootfs/etc/group"
 	make_image busybox "$rootfs" --cmd sh
 	# Stand-in for the suite's agnhost image, which the storage tests only use
-	# as the privileged "hostexec" pod (started without arguments, then
-	# "nsenter ... sh -c CMD" exec'd into it): busybox that sleeps.
-	make_image agnhost "$rootfs" --cmd sleep 2147483647
+	# as the privileged "hostexec" pod (args "pause", then "nsenter ... sh -c
+	# CMD" exec'd into it): busybox that sleeps whatever the arguments.
+	make_image agnhost "$rootfs" /bin/sh -c 'exec sleep 2147483647' agnhost
 	rm -rf "$rootfs"
 }
 
