@@ -234,6 +234,18 @@ busybox_image() {
 	# as the privileged "hostexec" pod (args "pause", then "nsenter ... sh -c
 	# CMD" exec'd into it): busybox that sleeps whatever the arguments.
 	make_image agnhost "$rootfs" /bin/sh -c 'exec sleep 2147483647' agnhost
+	# Stand-in for jessie-dnsutils (multiVolume pods): GNU coreutils over
+	# busybox, since the tests use "dd oflag=nocache" which busybox lacks.
+	local f lib
+	while read -r f; do
+		rm -f "$rootfs/bin/$(basename "$f")"
+		cp -L "$f" "$rootfs/bin/$(basename "$f")"
+		for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*'); do
+			mkdir -p "$rootfs$(dirname "$lib")"
+			cp -L "$lib" "$rootfs$lib"
+		done
+	done < <(dpkg -L coreutils | grep -E '^/(usr/)?bin/[^/]+$')
+	make_image jessie-dnsutils "$rootfs" --cmd sh
 	rm -rf "$rootfs"
 }
 
