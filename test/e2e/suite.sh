@@ -12,6 +12,10 @@ PROCS=${E2E_PROCS:-4}
 # The test patterns of the issue: provisioning, snapshots, expansion, block /
 # volume mode, multi-volume, plus the plain data checks of "volumes".
 FOCUS='External.Storage.*\] (provisioning|snapshottable|volume-expand|volumeMode|multiVolume|volumes) '
+# E2E_FOCUS narrows the run further (a regular expression on the test name).
+if [[ -n ${E2E_FOCUS:-} ]]; then
+	FOCUS="$FOCUS.*($E2E_FOCUS)"
+fi
 # Skipped, and why:
 SKIPS=(
 	# Needs SSH to the node to restart or kill the kubelet; this cluster has no SSH.
@@ -26,6 +30,9 @@ SKIPS=(
 	# VolumeSnapshotContents that the snapshot-controller labels for a node are
 	# handled; the suite creates unlabelled ones, which no snapshotter picks up.
 	'Pre-provisioned Snapshot'
+	# Volume populators: needs the hello-populator and volume-data-source-validator
+	# images from registry.k8s.io, which are not built here.
+	'should provision storage with any volume data source'
 	# VolumeAttributesClass (ModifyVolume) is not implemented by csi-ploop and is a
 	# beta API disabled on this cluster.
 	'\[Feature:VolumeAttributesClass\]'
