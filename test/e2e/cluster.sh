@@ -166,13 +166,13 @@ TOML
 }
 
 # The storage suite's pods name upstream test images (pulled if not present);
-# these local ones stand in for them: busybox for busybox and for nginx
-# ("volumes ... exec of files" runs a script with /bin/sh), busybox with GNU
-# coreutils for jessie-dnsutils (multiVolume pods: dd oflag=nocache), a
+# these local ones stand in for them: busybox for nginx ("volumes ... exec of
+# files" runs a script with /bin/sh), busybox with GNU coreutils for busybox
+# and jessie-dnsutils (multiVolume pods: dd oflag=nocache), a
 # sleeping busybox for agnhost (hostexec pods).
 tag_test_images() {
 	local c=(ctr -a "$CONTAINERD_SOCK" -n k8s.io images tag --force)
-	"${c[@]}" "localhost/busybox:$IMAGE_TAG" registry.k8s.io/e2e-test-images/busybox:1.37.0-1 >/dev/null
+	"${c[@]}" "localhost/jessie-dnsutils:$IMAGE_TAG" registry.k8s.io/e2e-test-images/busybox:1.37.0-1 >/dev/null
 	"${c[@]}" "localhost/jessie-dnsutils:$IMAGE_TAG" registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7 >/dev/null
 	"${c[@]}" "localhost/busybox:$IMAGE_TAG" registry.k8s.io/e2e-test-images/nginx:1.14-4 >/dev/null
 	"${c[@]}" "localhost/agnhost:$IMAGE_TAG" registry.k8s.io/e2e-test-images/agnhost:2.56 >/dev/null
