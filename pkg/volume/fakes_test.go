@@ -236,10 +236,13 @@ type fakeMounter struct {
 	options   map[string][]string // target -> options
 	formatted map[string]string   // device -> fsType
 	resized   []string
+	// needResize marks devices whose filesystem is smaller than the device.
+	needResize map[string]bool
 }
 
 func newFakeMounter() *fakeMounter {
-	return &fakeMounter{mounts: map[string]string{}, options: map[string][]string{}, formatted: map[string]string{}}
+	return &fakeMounter{mounts: map[string]string{}, options: map[string][]string{}, formatted: map[string]string{},
+		needResize: map[string]bool{}}
 }
 
 func (f *fakeMounter) FormatAndMount(ctx context.Context, source, target, fsType string, options []string) error {
@@ -273,6 +276,13 @@ func (f *fakeMounter) IsMountPoint(_ context.Context, target string) (bool, erro
 	defer f.mu.Unlock()
 	_, ok := f.mounts[target]
 	return ok, nil
+}
+
+// NeedResize: the fake's filesystems need growing when the test says so.
+func (f *fakeMounter) NeedResize(_ context.Context, dev, _ string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.needResize[dev], nil
 }
 
 func (f *fakeMounter) ResizeFs(_ context.Context, dev, path string) error {

@@ -45,6 +45,14 @@ func (r *realMounter) IsMountPoint(_ context.Context, target string) (bool, erro
 	return ok, err
 }
 
+func (r *realMounter) NeedResize(_ context.Context, devicePath, mountPath string) (bool, error) {
+	need, err := r.resize.NeedResize(devicePath, mountPath)
+	if err != nil {
+		return false, fmt.Errorf("compare filesystem and device size of %s: %w", devicePath, err)
+	}
+	return need, nil
+}
+
 func (r *realMounter) ResizeFs(_ context.Context, devicePath, mountPath string) error {
 	if _, err := r.resize.Resize(devicePath, mountPath); err != nil {
 		return fmt.Errorf("resize %s: %w", devicePath, err)

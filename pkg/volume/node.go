@@ -131,6 +131,20 @@ func (m *Manager) mountStaging(ctx context.Context, rec *volumeRecord, dev strin
 	if err := m.mounter.FormatAndMount(ctx, dev, req.StagingPath, fsType, stageOptions(fsType, req.MountFlags)); err != nil {
 		return fmt.Errorf("format and mount %s (%s) at %s: %w", dev, fsType, req.StagingPath, err)
 	}
+	return m.growToDevice(ctx, dev, req.StagingPath)
+}
+
+// growToDevice grows a filesystem that is smaller than its device: a volume
+// restored or cloned into a larger capacity carries the source's smaller
+// filesystem, and the user asked for the larger size.
+func (m *Manager) growToDevice(ctx context.Context, dev, path string) error {
+	need, err := m.mounter.NeedResize(ctx, dev, path)
+	if err != nil || !need {
+		return err
+	}
+	if err := m.mounter.ResizeFs(ctx, dev, path); err != nil {
+		return fmt.Errorf("grow the filesystem of %s to the volume size: %w", dev, err)
+	}
 	return nil
 }
 

@@ -128,3 +128,16 @@ func TestNodeSeesVolumesCreatedByAnotherProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestStageGrowsFilesystemSmallerThanTheVolume(t *testing.T) {
+	e := newEnv(t)
+	v := e.create(t, "restored-larger", MiB)
+	e.mnt.needResize["/dev/loop0"] = true // the first attach's device holds a smaller filesystem
+	staging := filepath.Join(t.TempDir(), "staging")
+	if err := e.m.NodeStage(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(e.mnt.resized, []string{"/dev/loop0@" + staging}) {
+		t.Fatalf("filesystem not grown at stage: %v", e.mnt.resized)
+	}
+}

@@ -80,7 +80,7 @@ func (m *Manager) unmountDeadMounts(ctx context.Context, st *stagedRecord) {
 func (m *Manager) remount(ctx context.Context, st *stagedRecord, dev string) error {
 	source := dev
 	if !st.Block {
-		if err := m.mounter.FormatAndMount(ctx, dev, st.StagingPath, st.FsType, st.MountFlags); err != nil {
+		if err := m.mounter.FormatAndMount(ctx, dev, st.StagingPath, st.FsType, stageOptions(st.FsType, st.MountFlags)); err != nil {
 			return fmt.Errorf("mount %s at %s again: %w", dev, st.StagingPath, err)
 		}
 		source = st.StagingPath

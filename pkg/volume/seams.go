@@ -63,5 +63,9 @@ type Mounter interface {
 	IsMountPoint(ctx context.Context, target string) (bool, error)
 	// ResizeFs grows the filesystem on devicePath mounted at mountPath to the device size.
 	ResizeFs(ctx context.Context, devicePath, mountPath string) error
+	// NeedResize reports whether the filesystem on devicePath (mounted at
+	// mountPath) is smaller than the device, as after a restore into a
+	// larger volume.
+	NeedResize(ctx context.Context, devicePath, mountPath string) (bool, error)
 	Stats(ctx context.Context, path string) (FsStats, error)
 }
