@@ -231,11 +231,34 @@ busybox_image() {
 	echo "root:x:0:" >"$rootfs/etc/group"
 	make_image busybox "$rootfs" --cmd sh
 	# Stand-in for the suite's agnhost image, which the storage tests only use
-	# as the privileged "hostexec" pod (args "pause", then "nsenter ... sh -c
-	# CMD" exec'd into it): busybox that sleeps whatever the arguments.
+	# as the privileged "hostexec" pod (args "pause", then "nsenter
+	# --mount=/rootfs/proc/1/ns/mnt -- sh -c CMD" exec'd into it, /rootfs being
+	# a hostPath of the node's /): busybox that sleeps whatever the arguments,
+	# plus an nsenter wrapper. This VM's PID 1 (the VM's own agent, not an init
+	# that started the kubelet) refuses everyone, root included, to open its
+	# namespaces ("nsenter: cannot open /proc/1/ns/mnt: Permission denied" on
+	# the host too), so the wrapper enters the kubelet's mount namespace - the
+	# node's, which is what the tests mean - when PID 1's cannot be entered.
+	mkdir -p "$rootfs/usr/local/bin"
+	cat >"$rootfs/usr/local/bin/nsenter" <<'EOF'
+#!/bin/sh
+if [ "$1" = --mount=/rootfs/proc/1/ns/mnt ] && ! /bin/nsenter "$1" -- true 2>/dev/null; then
+	for d in /rootfs/proc/[0-9]*; do
+		if [ "$(cat "$d/comm" 2>/dev/null)" = kubelet ]; then
+			shift
+			exec /bin/nsenter "--mount=$d/ns/mnt" "$@"
+		fi
+	done
+fi
+exec /bin/nsenter "$@"
+EOF
+	chmod 755 "$rootfs/usr/local/bin/nsenter"
 	make_image agnhost "$rootfs" /bin/sh -c 'exec sleep 2147483647' agnhost
+	rm -rf "$rootfs/usr/local"
 	# Stand-in for jessie-dnsutils (multiVolume pods): GNU coreutils over
-	# busybox, since the tests use "dd oflag=nocache" which busybox lacks.
+	# busybox, since the tests use "dd oflag=nocache" which busybox lacks. And
+	# dash as /bin/sh: busybox's sh runs its own applets (dd included) before
+	# looking at PATH, so with busybox as sh "dd" would stay busybox's.
 	local f lib
 	while read -r f; do
 		rm -f "$rootfs/bin/$(basename "$f")"
@@ -244,7 +267,9 @@ busybox_image() {
 			mkdir -p "$rootfs$(dirname "$lib")"
 			cp -L "$lib" "$rootfs$lib"
 		done
-	done < <(dpkg -L coreutils | grep -E '^/(usr/)?bin/[^/]+$')
+	done < <(dpkg -L coreutils | grep -E '^/(usr/)?bin/[^/]+$'; echo /usr/bin/dash)
+	rm -f "$rootfs/bin/sh"
+	ln -s dash "$rootfs/bin/sh"
 	make_image jessie-dnsutils "$rootfs" --cmd sh
 	rm -rf "$rootfs"
 }
