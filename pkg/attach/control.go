@@ -27,6 +27,9 @@ const (
 	codeInvalid = "invalid"
 	codeAborted = "aborted"
 	codeFailed  = "failed"
+	// codeGone: the server is tearing down (its loop device is gone); the
+	// client treats it as not attached and starts a new one.
+	codeGone = "gone"
 )
 
 type request struct {
@@ -53,6 +56,8 @@ func errResponse(err error) response {
 		code = codeInvalid
 	case errors.Is(err, ErrAborted):
 		code = codeAborted
+	case errors.Is(err, ErrNotAttached):
+		code = codeGone
 	}
 	return response{Error: err.Error(), Code: code}
 }
@@ -68,6 +73,8 @@ func remoteError(r response) error {
 		sentinel = ErrInvalid
 	case codeAborted:
 		sentinel = ErrAborted
+	case codeGone:
+		sentinel = ErrNotAttached
 	default:
 		return fmt.Errorf("attach: server: %s", r.Error)
 	}

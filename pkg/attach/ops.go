@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/csi-ploop/csi-ploop/pkg/blockmap"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
@@ -17,23 +18,37 @@ import (
 func (s *server) handle(req request) (response, func()) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.RequestTimeout)
 	defer cancel()
+	var resp response
+	var err error
 	switch req.Op {
 	case opStatus:
-		st, err := s.statusChecked()
-		return reply(err, func(r *response) { r.Status = &st }), nil
+		var st Status
+		st, err = s.statusChecked()
+		resp = reply(err, func(r *response) { r.Status = &st })
 	case opSnapshot:
-		guid, err := s.snapshot(ctx, req.NewDeltaFile)
-		return reply(err, func(r *response) { r.GUID = guid }), nil
+		var guid string
+		guid, err = s.snapshot(ctx, req.NewDeltaFile)
+		resp = reply(err, func(r *response) { r.GUID = guid })
 	case opGrow:
-		return reply(s.grow(ctx, req.Size), nil), nil
+		err = s.grow(ctx, req.Size)
+		resp = reply(err, nil)
 	case opDetach:
-		err := s.detach()
-		if err != nil {
+		if err := s.detach(); err != nil {
 			return errResponse(err), nil
 		}
 		return response{OK: true}, s.stop
+	default:
+		return errResponse(fmt.Errorf("%w: unknown operation %q", ErrInvalid, req.Op)), nil
 	}
-	return errResponse(fmt.Errorf("%w: unknown operation %q", ErrInvalid, req.Op)), nil
+	if errors.Is(err, errLoopLost) {
+		// Never act on, or hand out, a device number the kernel may have
+		// given to another image: finish the teardown and say so.
+		if derr := s.detach(); derr != nil {
+			return errResponse(derr), nil
+		}
+		return errResponse(fmt.Errorf("%w: %w", ErrNotAttached, err)), s.stop
+	}
+	return resp, nil
 }
 
 func reply(err error, fill func(*response)) response {
@@ -47,13 +62,24 @@ func reply(err error, fill func(*response)) response {
 	return r
 }
 
-// live is checked under s.mu by every operation.
+// live is checked under s.mu by every operation: the server is not being
+// torn down and its loop device still backs our FUSE file.
 func (s *server) live() error {
 	if s.torn.loop || s.torn.done {
 		return fmt.Errorf("%w: %s is being detached", ErrNotAttached, s.dir)
 	}
+	if ours, err := s.loopStillOurs(); err != nil {
+		return err
+	} else if !ours {
+		s.torn.loop = true
+		return fmt.Errorf("%w: %s", errLoopLost, s.dev)
+	}
 	return nil
 }
+
+// errLoopLost: the loop device no longer backs our FUSE file (a detach the
+// kernel deferred with autoclear has completed, or someone else detached it).
+var errLoopLost = errors.New("attach: the loop device was released")
 
 func (s *server) statusChecked() (Status, error) {
 	s.mu.Lock()
@@ -173,10 +199,15 @@ func (s *server) detachLoop() error {
 				ErrBusy, s.dev, strings.Join(points, ", "))
 		}
 		if err := loopdev.Detach(s.dev); err != nil {
-			if errors.Is(err, loopdev.ErrBusy) {
-				return fmt.Errorf("%w: %w", ErrBusy, err)
+			if !errors.Is(err, loopdev.ErrBusy) {
+				return fmt.Errorf("attach: %w", err)
 			}
-			return fmt.Errorf("attach: %w", err)
+			// Not mounted, but briefly open (udev, blkid): the kernel detaches
+			// on the last close (autoclear). Wait for that rather than keep
+			// serving a device number that is about to be given away.
+			if err := s.waitLoopReleased(); err != nil {
+				return err
+			}
 		}
 	}
 	s.torn.loop = true
@@ -195,4 +226,20 @@ func (s *server) loopStillOurs() (bool, error) {
 		return false, fmt.Errorf("attach: %w", err)
 	}
 	return info.BackingFile == s.bm.FilePath(), nil
+}
+
+// loopReleaseWait bounds how long a deferred (autoclear) detach is awaited.
+const loopReleaseWait = 10 * time.Second
+
+func (s *server) waitLoopReleased() error {
+	for deadline := time.Now().Add(loopReleaseWait); ; time.Sleep(20 * time.Millisecond) {
+		ours, err := s.loopStillOurs()
+		if err != nil || !ours {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %s is still open by another process after %v (it detaches on the last close)",
+				ErrBusy, s.dev, loopReleaseWait)
+		}
+	}
 }
