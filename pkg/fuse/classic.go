@@ -27,8 +27,7 @@ const DefaultReaders = 16
 // data is produced into the same buffer's aligned part and sent with
 // writev. Nothing is allocated per request.
 type Classic struct {
-	dev     *os.File
-	fd      int
+	fd      int // a private duplicate of the device
 	bufSize int
 	readers int
 	log     *slog.Logger
@@ -47,24 +46,30 @@ type Classic struct {
 var _ Transport = (*Classic)(nil)
 
 // NewClassic returns a classic transport on dev for a connection whose INIT
-// settled st. readers <= 0 means DefaultReaders. The transport does not
-// own dev: close it only after Done.
-func NewClassic(dev *os.File, st InitState, readers int, log *slog.Logger) *Classic {
+// settled st. readers <= 0 means DefaultReaders. The transport reads and
+// writes its own duplicate of dev, closed when it stops: the caller may
+// close dev at any time without a reader ever touching a descriptor
+// number the process has reused for something else (another connection's
+// INIT would be stolen).
+func NewClassic(dev *os.File, st InitState, readers int, log *slog.Logger) (*Classic, error) {
 	if readers <= 0 {
 		readers = DefaultReaders
 	}
 	if log == nil {
 		log = slog.Default()
 	}
+	fd, err := unix.FcntlInt(dev.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("fuse: dup /dev/fuse: %w", err)
+	}
 	return &Classic{
-		dev:     dev,
-		fd:      int(dev.Fd()),
+		fd:      fd,
 		bufSize: pageSize + st.MaxPayload(),
 		readers: readers,
 		log:     log,
 		exited:  make(chan struct{}, readers),
 		done:    make(chan struct{}),
-	}
+	}, nil
 }
 
 // Start implements Transport.
@@ -107,7 +112,13 @@ type classicReader struct {
 }
 
 func (t *Classic) reader() {
-	r := &classicReader{buf: alignedBuffer(t.bufSize)}
+	buf, err := residentBuffer(t.bufSize)
+	if err != nil {
+		t.readerExit(err)
+		return
+	}
+	defer unix.Munmap(buf) //nolint:errcheck // nothing to do about it
+	r := &classicReader{buf: buf}
 	r.rep.Buf = r.buf[pageSize:]
 	in := r.buf[pageSize-WriteHeaderSize:]
 	for !t.draining.Load() {
@@ -190,6 +201,26 @@ func (t *Classic) write(r *classicReader, head, data []byte) error {
 	}
 }
 
+// residentBuffer maps a page-aligned buffer whose pages are present and,
+// if the limits allow, locked (MAP_POPULATE, MAP_LOCKED: one system call,
+// much faster than faulting the pages in one by one). The kernel copies a
+// request into the reader's buffer inside read(2); if the process is being
+// killed (SIGKILL of a server that a keeper replaces) and that copy faults
+// on a page not present, the fault is refused and the kernel ends the
+// request with EIO, which the loop device passes up. A request whose copy
+// succeeds stays with the connection and FUSE_NOTIFY_RESEND brings it back.
+func residentBuffer(n int) ([]byte, error) {
+	const flags = unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_POPULATE
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, flags|unix.MAP_LOCKED)
+	if err != nil { // RLIMIT_MEMLOCK without CAP_IPC_LOCK: present, not locked
+		b, err = unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, flags)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fuse: reader buffer: %w", err)
+	}
+	return b, nil
+}
+
 // readerExit accounts for a reader that returned; why is nil for a
 // drained reader.
 func (t *Classic) readerExit(why error) {
@@ -212,8 +243,14 @@ func (t *Classic) readerExit(why error) {
 	default:
 	}
 	if t.alive == 0 && (t.draining.Load() || t.err != nil) {
-		close(t.done)
+		t.stopLocked()
 	}
+}
+
+// stopLocked ends the transport once no reader is left.
+func (t *Classic) stopLocked() {
+	unix.Close(t.fd)
+	close(t.done)
 }
 
 // wakeBackoff paces Drain when wake fails.
@@ -231,7 +268,7 @@ func (t *Classic) Drain(ctx context.Context, wake func() error) error {
 		select {
 		case <-t.done:
 		default:
-			close(t.done)
+			t.stopLocked()
 		}
 	}
 	t.mu.Unlock()
@@ -244,13 +281,12 @@ func (t *Classic) Drain(ctx context.Context, wake func() error) error {
 			return t.drainResult()
 		default:
 		}
-		// Every reader asleep in read(2) needs a request of its own; keep
-		// as many wakes in flight as readers are left. A wake still in
-		// flight when Drain returns is answered by the successor.
-		t.mu.Lock()
-		want := int32(t.alive)
-		t.mu.Unlock()
-		for inflight.Load() < want {
+		// Every reader asleep in read(2) needs a request of its own. One
+		// wake at a time: the kernel wakes the longest-sleeping reader
+		// first, which is ours rather than a successor's, and a wake left
+		// in flight when Drain returns would wait for the successor (and
+		// keep the mount busy meanwhile).
+		if inflight.Load() == 0 {
 			inflight.Add(1)
 			go func() {
 				err := wake()

@@ -115,3 +115,11 @@ func (m *memFile) grow(n int) {
 }
 
 func unsafePointer(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }
+
+// alignedBuffer returns n bytes at a page-aligned address. Go's heap does
+// not move objects, so the alignment holds for the buffer's life.
+func alignedBuffer(n int) []byte {
+	b := make([]byte, n+pageSize)
+	shift := (pageSize - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))%pageSize)) % pageSize
+	return b[shift : shift+n : shift+n]
+}

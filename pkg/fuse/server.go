@@ -75,8 +75,8 @@ type Server struct {
 // Serve starts serving the connection on dev, whose INIT settled st: the
 // state Init returned, or the one a predecessor passed on (a successor
 // that adopts the connection; send Resend first if the predecessor died).
-// It returns at once. The server does not own dev: close it only after
-// Done (or after a Drain).
+// It returns at once. The server does not own dev (its transport reads a
+// duplicate of its own).
 func Serve(dev *os.File, st InitState, cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -88,7 +88,11 @@ func Serve(dev *os.File, st InitState, cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Server{cfg: cfg, dev: dev, st: st, log: cfg.Logger}
-	s.t = NewClassic(dev, st, cfg.Readers, cfg.Logger)
+	t, err := NewClassic(dev, st, cfg.Readers, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	s.t = t
 	if err := s.t.Start(s); err != nil {
 		return nil, err
 	}

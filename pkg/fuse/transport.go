@@ -3,7 +3,6 @@ package fuse
 import (
 	"context"
 	"errors"
-	"unsafe"
 )
 
 // ErrConnEnded: the kernel ended the connection (unmount, abort through
@@ -50,12 +49,4 @@ type Transport interface {
 	// ctx's error is returned. The connection itself stays up for the
 	// successor.
 	Drain(ctx context.Context, wake func() error) error
-}
-
-// alignedBuffer returns n bytes at a page-aligned address. Go's heap does
-// not move objects, so the alignment holds for the buffer's life.
-func alignedBuffer(n int) []byte {
-	b := make([]byte, n+pageSize)
-	shift := (pageSize - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))%pageSize)) % pageSize
-	return b[shift : shift+n : shift+n]
 }
