@@ -62,8 +62,6 @@ var (
 	ErrBusy = errors.New("blockmap: mount is busy (detach the loop device first)")
 	// ErrInvalidOptions: Options failed validation.
 	ErrInvalidOptions = errors.New("blockmap: invalid options")
-	// ErrDrained: the server has handed its connection over.
-	ErrDrained = errors.New("blockmap: server drained")
 )
 
 // Options configure Mount and Serve. The zero value is usable.
