@@ -2,8 +2,8 @@
 # A/B benchmark of pkg/blockmap's FUSE layer: the blockmap of OLD_REV
 # (default main: go-fuse) against the working tree (pkg/fuse), each serving
 # a preallocated raw file (O_DIRECT, pkg/blockmap/testdata/rawserve) under a
-# loop device with direct I/O, and a loop device straight on a raw file as
-# the reference. Sides run interleaved (order rotated per repetition: the
+# loop device with direct I/O, and a loop device straight on that raw file
+# as the reference. Sides run interleaved (order rotated per repetition: the
 # machine is shared), REPS repetitions of RUNTIME seconds per job; the
 # summary gives medians, the new/old ratio of the medians with the per-rep
 # range, and CPU time per I/O from /proc/stat (user+system+irq+softirq+
@@ -46,12 +46,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# One backing file for all sides, so that its placement on disk favours
+# none (jobs run one at a time; the data they mix is never checked).
+BACKING=$WORK/backing.raw
+truncate -s "$SIZE" "$BACKING"
 for s in $SIDES; do
-	truncate -s "$SIZE" "$WORK/$s.raw"
-	file=$WORK/$s.raw
+	file=$BACKING
 	if [ "$s" != raw ]; then
 		mkdir -p "$WORK/mnt-$s"
-		"$WORK/rawserve-$s" -backing "$WORK/$s.raw" -mnt "$WORK/mnt-$s" >"$WORK/$s.out" 2>"$WORK/$s.log" &
+		"$WORK/rawserve-$s" -backing "$BACKING" -mnt "$WORK/mnt-$s" >"$WORK/$s.out" 2>"$WORK/$s.log" &
 		PID[$s]=$!
 		for _ in $(seq 100); do [ -s "$WORK/$s.out" ] && break; sleep 0.1; done
 		file=$(head -1 "$WORK/$s.out")
@@ -60,11 +63,9 @@ for s in $SIDES; do
 	DEV[$s]=$(losetup --direct-io=on --sector-size 4096 -f --show "$file")
 done
 
-echo "preallocating $SIZE on every device..."
-for s in $SIDES; do
-	fio --name=prealloc-$s --filename="${DEV[$s]}" --ioengine=libaio --direct=1 --rw=write \
-		--bs=1M --iodepth=8 --size="$SIZE" --output-format=terse >/dev/null
-done
+echo "preallocating $SIZE..."
+fio --name=prealloc --filename="${DEV[raw]}" --ioengine=libaio --direct=1 --rw=write \
+	--bs=1M --iodepth=8 --size="$SIZE" --output-format=terse >/dev/null
 
 # busy jiffies of the machine: user system irq softirq steal (no nice, idle, iowait)
 busy() { awk '/^cpu /{print $2+$4+$7+$8+$9}' /proc/stat; }

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -51,5 +52,32 @@ func TestMountTuning(t *testing.T) {
 	}
 	if d.unaligned.Load() != 0 {
 		t.Errorf("%d Disk calls got a buffer that is not page aligned", d.unaligned.Load())
+	}
+}
+
+// A kernel request timeout asked for in INIT is negotiated (Linux 6.14+,
+// FUSE 7.43), and latched for the connection: a successor sees it in the
+// INIT state it adopts.
+func TestKernelRequestTimeout(t *testing.T) {
+	d := newFileDisk(t, mib)
+	s := mountDisk(t, d, Options{KernelRequestTimeout: 90 * time.Second})
+	st := s.InitState()
+	if st.KernelFlags&fuse.FlagRequestTimeout == 0 {
+		t.Skipf("kernel (7.%d) has no FUSE_REQUEST_TIMEOUT", st.KernelMinor)
+	}
+	if st.RequestTimeout != 90 || st.Flags&fuse.FlagRequestTimeout == 0 {
+		t.Fatalf("INIT state %+v; want request_timeout 90 s", st)
+	}
+	c, err := s.Conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.Init.RequestTimeout != 90 {
+		t.Errorf("Conn carries request_timeout %d", c.Init.RequestTimeout)
+	}
+	f := openFile(t, s)
+	if _, err := f.WriteAt(pattern(4096, 1), 0); err != nil {
+		t.Fatalf("write with a request timeout: %v", err)
 	}
 }
