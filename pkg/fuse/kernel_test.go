@@ -72,6 +72,20 @@ func (c *testConn) abortOnFailure(t *testing.T) {
 	})
 }
 
+// open opens the file raw (no epoll) and closes it at cleanup, while a
+// server still serves (closing sends FLUSH); the connection is aborted
+// first if the test failed.
+func (c *testConn) open(t *testing.T, flags int) int {
+	t.Helper()
+	fd, err := unix.Open(filepath.Join(c.dir, "disk"), flags|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	c.abortOnFailure(t)
+	return fd
+}
+
 func (c *testConn) teardown(t *testing.T) {
 	if c.root != nil {
 		c.root.Close()
@@ -195,12 +209,7 @@ func TestKernelResendRecoversTakenRequest(t *testing.T) {
 	f := newMemFile(1 << 20)
 	copy(f.data[4096:], "taken, then re-sent")
 	a := c.serve(t, f)
-	fd, err := unix.Open(filepath.Join(c.dir, "disk"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	c.abortOnFailure(t)
+	fd := c.open(t, unix.O_RDONLY)
 	if err := a.Drain(context.Background(), c.wake); err != nil {
 		t.Fatal(err)
 	}
@@ -284,12 +293,7 @@ func TestKernelDrainHandOver(t *testing.T) {
 	c := mountInit(t, InitOptions{})
 	f := newMemFile(1 << 20)
 	cur := c.serve(t, f)
-	fd, err := unix.Open(filepath.Join(c.dir, "disk"), unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	c.abortOnFailure(t)
+	fd := c.open(t, unix.O_RDWR)
 
 	stop := make(chan struct{})
 	ioErr := make(chan error, 1)
