@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/csi-ploop/csi-ploop/pkg/blockmap"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
 )
@@ -24,14 +23,11 @@ func (s *server) handle(req request) (response, func()) {
 	case opStatus:
 		var st Status
 		st, err = s.statusChecked()
-		resp = reply(err, func(r *response) { r.Status = &st })
+		resp.Status = &st
 	case opSnapshot:
-		var guid string
-		guid, err = s.snapshot(ctx, req.NewDeltaFile)
-		resp = reply(err, func(r *response) { r.GUID = guid })
+		resp.GUID, err = s.snapshot(ctx, req.NewDeltaFile)
 	case opGrow:
 		err = s.grow(ctx, req.Size)
-		resp = reply(err, nil)
 	case opDetach:
 		if err := s.detach(); err != nil {
 			return errResponse(err), nil
@@ -48,18 +44,14 @@ func (s *server) handle(req request) (response, func()) {
 		}
 		return errResponse(fmt.Errorf("%w: %w", ErrNotAttached, err)), s.stop
 	}
-	return resp, nil
-}
-
-func reply(err error, fill func(*response)) response {
 	if err != nil {
-		return errResponse(err)
+		if f := s.failure(); f != nil && !errors.Is(err, ErrVolumeFailed) {
+			err = fmt.Errorf("%w (%w)", f, err) // the failure is why it failed
+		}
+		return errResponse(err), nil
 	}
-	r := response{OK: true}
-	if fill != nil {
-		fill(&r)
-	}
-	return r
+	resp.OK = true
+	return resp, nil
 }
 
 // live is checked under s.mu by every operation: the server is not being
@@ -96,6 +88,9 @@ func (s *server) statusChecked() (Status, error) {
 func (s *server) snapshot(ctx context.Context, newDeltaFile string) (guid string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.failure(); err != nil {
+		return "", err // a snapshot of a chain that lost writes would freeze the loss
+	}
 	if err := s.live(); err != nil {
 		return "", err
 	}
@@ -121,6 +116,9 @@ func (s *server) snapshot(ctx context.Context, newDeltaFile string) (guid string
 func (s *server) grow(ctx context.Context, size int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.failure(); err != nil {
+		return err
+	}
 	if err := s.live(); err != nil {
 		return err
 	}
@@ -158,9 +156,9 @@ func (s *server) detach() error {
 		return err
 	}
 	if !s.torn.fuse {
-		if err := s.bm.Close(); err != nil {
-			if errors.Is(err, blockmap.ErrBusy) {
-				return fmt.Errorf("%w: %w", ErrBusy, err)
+		if err := s.closeFUSE(false); err != nil {
+			if errors.Is(err, ErrBusy) {
+				return err
 			}
 			return fmt.Errorf("attach: %w", err)
 		}
