@@ -2,8 +2,11 @@ package volume
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+
+	"k8s.io/klog/v2"
 )
 
 // ExpandVolume is the controller side of an expansion: it answers the capacity a
@@ -79,10 +82,37 @@ func (m *Manager) NodeExpand(ctx context.Context, req NodeExpandRequest) (int64,
 	if !ok {
 		return 0, fmt.Errorf("volume %s is not attached: %w", rec.ID, ErrFailedPrecondition)
 	}
-	if err := m.mounter.ResizeFs(ctx, dev, req.Path); err != nil {
-		return 0, fmt.Errorf("resize fs on %s at %s: %w", dev, req.Path, err)
+	if err := m.growFilesystem(ctx, dev, req.Path, st); err != nil {
+		return 0, err
 	}
 	return size, nil
+}
+
+// growFilesystem grows the mounted filesystem of dev online. Where that is not
+// permitted (ext4 without CAP_SYS_RESOURCE) and no target is published, it grows
+// it offline instead: the staging mount is taken down, grown and mounted again.
+// With published targets that must wait for the next stage (FailedPrecondition).
+func (m *Manager) growFilesystem(ctx context.Context, dev, path string, st *stagedRecord) error {
+	err := m.mounter.ResizeFs(ctx, dev, path)
+	if err == nil || !errors.Is(err, ErrFailedPrecondition) || st == nil {
+		if err != nil {
+			return fmt.Errorf("resize fs on %s at %s: %w", dev, path, err)
+		}
+		return nil
+	}
+	targets, terr := m.targets(st.VolumeID, st)
+	if terr != nil {
+		return terr
+	}
+	if len(targets) > 0 {
+		return fmt.Errorf("volume %s is published at %s; its filesystem grows when it is staged again: %w",
+			st.VolumeID, targets[0].Path, err)
+	}
+	klog.FromContext(ctx).Info("Growing the filesystem offline", "volumeID", st.VolumeID, "device", dev, "reason", err)
+	if err := m.mounter.Unmount(ctx, st.StagingPath); err != nil {
+		return fmt.Errorf("unmount %s to grow it offline: %w", st.StagingPath, err)
+	}
+	return m.stageFilesystem(ctx, dev, st)
 }
 
 func isDevice(path string) bool {

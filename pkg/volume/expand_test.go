@@ -2,7 +2,9 @@ package volume
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -58,5 +60,31 @@ func TestNodeExpandGrowsOfflineWhenNotAttached(t *testing.T) {
 	got, err := e.m.NodeExpand(context.Background(), NodeExpandRequest{VolumeID: v.ID, Path: "/dev/null", RequiredBytes: 3 * MiB})
 	if err != nil || got != 3*MiB || e.store.called("GrowDir") != 1 {
 		t.Fatalf("offline node expand: %d, %v (GrowDir %d)", got, err, e.store.called("GrowDir"))
+	}
+}
+
+// TestNodeExpandGrowsExt4OfflineWhenUnpublished: without the capability an
+// online ext4 grow needs, a staged but unpublished volume is grown offline
+// (unmount, grow, mount); a published one answers FailedPrecondition and
+// grows at its next stage.
+func TestNodeExpandGrowsExt4OfflineWhenUnpublished(t *testing.T) {
+	e := newEnv(t)
+	v := e.create(t, "v", 4*MiB)
+	dir := t.TempDir()
+	staging, target := filepath.Join(dir, "staging"), filepath.Join(dir, "target")
+	mustNil(t, e.m.NodeStage(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging}))
+	const dev = "/dev/loop0"
+	e.mnt.resizeErr[dev] = fmt.Errorf("online ext4 grow needs CAP_SYS_RESOURCE: %w", ErrFailedPrecondition)
+	e.mnt.offline[dev], e.mnt.needResize[dev] = true, true
+	mustNil(t, e.m.NodePublish(ctx, PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: target}))
+	_, err := e.m.NodeExpand(ctx, NodeExpandRequest{VolumeID: v.ID, Path: target, RequiredBytes: 8 * MiB})
+	wantErr(t, err, ErrFailedPrecondition)
+	if ok, _ := e.mnt.MountedFrom(ctx, target, dev); !ok {
+		t.Fatal("a published volume was unmounted to grow it")
+	}
+	mustNil(t, e.m.NodeUnpublish(ctx, v.ID, target))
+	got, err := e.m.NodeExpand(ctx, NodeExpandRequest{VolumeID: v.ID, Path: staging, RequiredBytes: 8 * MiB})
+	if err != nil || got != 8*MiB || !slices.Equal(e.mnt.grownOffline, []string{dev}) || e.mnt.mounts[staging] != dev {
+		t.Fatalf("offline grow: %d, %v, grown %v, mounts %v", got, err, e.mnt.grownOffline, e.mnt.mounts)
 	}
 }

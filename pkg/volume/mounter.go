@@ -107,10 +107,26 @@ func (r *realMounter) NeedResize(_ context.Context, devicePath, mountPath string
 }
 
 func (r *realMounter) ResizeFs(_ context.Context, devicePath, mountPath string) error {
-	if _, err := r.resize.Resize(devicePath, mountPath); err != nil {
-		return fmt.Errorf("resize %s: %w", devicePath, err)
+	_, err := r.resize.Resize(devicePath, mountPath)
+	if err == nil {
+		return nil
 	}
-	return nil
+	if ext, _ := extSmallerThanDevice(devicePath); ext && !hasCapSysResource() {
+		// The kernel refuses an online ext4 grow without CAP_SYS_RESOURCE
+		// (the node container has it; some sandboxes do not).
+		return fmt.Errorf("resize %s: online ext4 grow needs CAP_SYS_RESOURCE: %w: %w", devicePath, ErrFailedPrecondition, err)
+	}
+	return fmt.Errorf("resize %s: %w", devicePath, err)
+}
+
+// hasCapSysResource reports whether this process may grow a mounted ext4.
+func hasCapSysResource() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[unix.CAP_SYS_RESOURCE/32].Effective&(1<<(unix.CAP_SYS_RESOURCE%32)) != 0
 }
 
 func (r *realMounter) Stats(_ context.Context, path string) (FsStats, error) {
