@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +22,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(loopChurnEnv); dir != "" {
+		os.Exit(churnLoopDevices(dir)) // the helper process of TestConcurrentOperations
+	}
 	os.Exit(runMain(m))
 }
 
@@ -66,6 +70,7 @@ type harness struct {
 	staged    map[string]string // staging path -> volume ID
 	// fuseConns are the FUSE connections (fusectl names) of serving
 	// processes this driver started, seen while they were mounted.
+	fuseMu    sync.Mutex
 	fuseConns map[string]bool
 }
 

@@ -104,6 +104,8 @@ func (h *harness) noteFuseConns() {
 		h.t.Errorf("mountinfo: %v", err)
 		return
 	}
+	h.fuseMu.Lock()
+	defer h.fuseMu.Unlock()
 	for _, m := range mounts {
 		if strings.HasPrefix(m.FSType, "fuse") {
 			h.fuseConns[fuseConnName(m.Major, m.Minor)] = true
@@ -129,6 +131,8 @@ func (h *harness) leakedFuseConns() []string {
 		mounted[fuseConnName(m.Major, m.Minor)] = true
 	}
 	var out []string
+	h.fuseMu.Lock()
+	defer h.fuseMu.Unlock()
 	for c := range h.fuseConns {
 		if _, err := os.Stat(filepath.Join("/sys/fs/fuse/connections", c)); err == nil && !mounted[c] {
 			out = append(out, c)
