@@ -157,15 +157,9 @@ func (h logCounter) WithAttrs([]slog.Attr) slog.Handler       { return h }
 // snapshot and grow are refused with ErrVolumeFailed, typed across the
 // socket.
 func TestFailedVolumeIsReported(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "img")
-	if err := image.Create(dir, 1<<20, image.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	img, err := image.OpenDir(dir, image.OpenOptions{FS: image.NewOSFS(false)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openTestImage(t)
 	defer img.Close()
+	dir := img.Dir
 	chain := &fakeChain{}
 	errorsLogged := 0
 	s := &server{dir: dir, img: img, dev: "/dev/loop-test", opts: ServeOptions{RequestTimeout: DefaultRequestTimeout},
@@ -235,14 +229,8 @@ func TestClientReportsFailure(t *testing.T) {
 // error (issue 9 item 1: "(no log: ... serve.log: no such file)").
 func TestAbandonKeepsTheLog(t *testing.T) {
 	rt := t.TempDir()
-	dir := filepath.Join(t.TempDir(), "img")
-	if err := image.Create(dir, 1<<20, image.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	img, err := image.OpenDir(dir, image.OpenOptions{FS: image.NewOSFS(false)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openTestImage(t)
+	dir := img.Dir
 	for _, name := range []string{logName, socketName} {
 		if err := os.WriteFile(filepath.Join(rt, name), []byte("attach: mount failed: boom\n"), 0o600); err != nil {
 			t.Fatal(err)
@@ -267,4 +255,18 @@ func TestAbandonKeepsTheLog(t *testing.T) {
 	if tail := logTail(rt); len(tail) > logTailBytes || !strings.HasSuffix(tail, "the last line") || !strings.HasPrefix(tail, "0123") {
 		t.Fatalf("long log tail: %d bytes, %q...", len(tail), tail[:20])
 	}
+}
+
+// openTestImage creates and opens a small image without root (no direct I/O).
+func openTestImage(t *testing.T) *image.Image {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "img")
+	if err := image.Create(dir, 1<<20, image.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := image.OpenDir(dir, image.OpenOptions{FS: image.NewOSFS(false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
 }
