@@ -1,12 +1,14 @@
 package attach_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
@@ -73,4 +75,36 @@ func TestFailedStartIsUndoneAndReported(t *testing.T) {
 	if entries, _ := os.ReadDir(runDir); len(entries) != 0 {
 		t.Fatalf("a failed start left %v in the run dir", entries)
 	}
+}
+
+// TestGivenUpStartLeavesNothing (issue 9 item 11): an Attach whose context
+// ends while its serving process is still starting stops that process and
+// removes what it made. It used to return while the process went on to
+// mount FUSE, attach a loop device and serve a volume its caller had been
+// told was not attached, so that nothing ever detached it.
+func TestGivenUpStartLeavesNothing(t *testing.T) {
+	f := newFixture(t, 16<<20)
+	for _, wait := range []time.Duration{40 * time.Millisecond, 10 * time.Millisecond, time.Millisecond} {
+		ctx, cancel := context.WithTimeout(t.Context(), wait)
+		_, err := f.c.Attach(ctx, f.dir)
+		cancel()
+		if err == nil { // the server was faster than the deadline: try a shorter one
+			f.detach()
+			continue
+		}
+		if !errors.Is(err, attach.ErrStartFailed) {
+			t.Fatalf("attach with a %v deadline: %v", wait, err)
+		}
+		if _, err := f.c.Status(t.Context(), f.dir); !errors.Is(err, attach.ErrNotAttached) {
+			t.Fatalf("after a given-up attach the image is still served: %v", err)
+		}
+		if locked, err := image.IsLocked(f.dir); err != nil || locked {
+			t.Fatalf("after a given-up attach the image is locked (%v, %v)", locked, err)
+		}
+		if leaks := leaksUnder(theSuite.runDir); leaks != "" {
+			t.Fatalf("after a given-up attach:\n%s", leaks)
+		}
+		return
+	}
+	t.Skip("every serving process started within 1 ms: nothing to give up")
 }
