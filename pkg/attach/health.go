@@ -2,16 +2,20 @@ package attach
 
 import (
 	"fmt"
-
-	"github.com/csi-ploop/csi-ploop/pkg/blockmap"
+	"time"
 )
 
 // A volume fails when a sync of one of its deltas fails: the page cache may
 // have dropped data or BAT entries written before, so pkg/image makes the
 // failure sticky (every later write, flush and snapshot fails until the image
 // is closed, checked and reopened). The serving process reports it: a log
-// line when I/O first meets it, Status.Failure, and ErrVolumeFailed for
-// snapshot and grow.
+// line (the run loop looks every healthEvery, and every failed control
+// request looks at once), Status.Failure, and ErrVolumeFailed for snapshot
+// and grow. The data path is not wrapped for this: the FUSE server keeps
+// talking to the chain itself.
+
+// healthEvery is how often the run loop looks whether the volume failed.
+const healthEvery = 2 * time.Second
 
 // failure returns ErrVolumeFailed once the chain has failed.
 func (s *server) failure() error {
@@ -21,7 +25,7 @@ func (s *server) failure() error {
 	return nil
 }
 
-// noteFailure logs the chain's failure the first time I/O meets it.
+// noteFailure logs the chain's failure the first time it is seen.
 func (s *server) noteFailure() {
 	if err := s.health(); err != nil {
 		s.failLog.Do(func() {
@@ -39,38 +43,4 @@ func chainFailure(chain any) error {
 		return c.Err()
 	}
 	return nil
-}
-
-// watchedDisk is the chain as the FUSE server sees it; an I/O error makes
-// the server look whether the volume failed, so that it is logged when it
-// happens rather than when someone asks.
-type watchedDisk struct {
-	blockmap.Disk
-	onError func()
-}
-
-var _ blockmap.Disk = watchedDisk{}
-
-func (d watchedDisk) WriteAt(p []byte, off int64) (int, error) {
-	n, err := d.Disk.WriteAt(p, off)
-	if err != nil {
-		d.onError()
-	}
-	return n, err
-}
-
-func (d watchedDisk) Flush() error {
-	err := d.Disk.Flush()
-	if err != nil {
-		d.onError()
-	}
-	return err
-}
-
-func (d watchedDisk) Discard(off, length int64) error {
-	err := d.Disk.Discard(off, length)
-	if err != nil {
-		d.onError()
-	}
-	return err
 }

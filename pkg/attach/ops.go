@@ -45,6 +45,7 @@ func (s *server) handle(req request) (response, func()) {
 		return errResponse(fmt.Errorf("%w: %w", ErrNotAttached, err)), s.stop
 	}
 	if err != nil {
+		s.noteFailure()
 		if f := s.failure(); f != nil && !errors.Is(err, ErrVolumeFailed) {
 			err = fmt.Errorf("%w (%w)", f, err) // the failure is why it failed
 		}

@@ -100,7 +100,7 @@ type server struct {
 	bm      *blockmap.Server
 	// health is the sticky failure of the chain (nil while healthy).
 	health  func() error
-	failLog sync.Once // the failure is logged once, when I/O first meets it
+	failLog sync.Once // the failure is logged once, when it is first seen
 	dev     string
 	ln      *net.UnixListener
 
@@ -149,8 +149,7 @@ func start(ctx context.Context, dir string, opts ServeOptions) (_ *server, err e
 
 // attachDevice mounts the FUSE file and attaches a loop device to it.
 func (s *server) attachDevice(ctx context.Context) error {
-	disk := watchedDisk{Disk: s.img.Chain(), onError: s.noteFailure}
-	bm, err := blockmap.Mount(ctx, filepath.Join(s.rt, mountName), disk, blockmap.Options{
+	bm, err := blockmap.Mount(ctx, filepath.Join(s.rt, mountName), s.img.Chain(), blockmap.Options{
 		RequestTimeout: s.opts.RequestTimeout,
 		Logger:         s.log,
 	})
@@ -257,8 +256,12 @@ func (s *server) run(ctx context.Context) error {
 	dead := make(chan struct{})
 	go func() { s.bm.Wait(); close(dead) }()
 	sig := ctx.Done()
+	health := time.NewTicker(healthEvery)
+	defer health.Stop()
 	for {
 		select {
+		case <-health.C:
+			s.noteFailure()
 		case <-s.stopped:
 			return nil
 		case <-dead:
