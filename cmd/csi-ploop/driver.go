@@ -15,6 +15,7 @@ import (
 	"github.com/csi-ploop/csi-ploop/pkg/driver"
 	"github.com/csi-ploop/csi-ploop/pkg/registration"
 	"github.com/csi-ploop/csi-ploop/pkg/volume"
+	"github.com/csi-ploop/csi-ploop/pkg/volume/ploopattach"
 	"github.com/csi-ploop/csi-ploop/pkg/volume/ploopstore"
 )
 
@@ -81,8 +82,8 @@ func runDriver(ctx context.Context, args []string) int {
 	mgr, err := volume.Open(ctx, volume.Options{
 		Root:  cfg.driver.Root,
 		Store: ploopstore.New(),
-		Attacher: attach.NewClient(attach.AttachOptions{Binary: self, RunDir: cfg.runDir,
-			Logger: slog.New(logr.ToSlogHandler(klog.Background()))}),
+		Attacher: ploopattach.New(attach.NewClient(attach.AttachOptions{Binary: self, RunDir: cfg.runDir,
+			Logger: slog.New(logr.ToSlogHandler(klog.Background()))})),
 		Mounter:   volume.NewMounter(),
 		SkipSweep: cfg.driver.Mode == driver.ModeNode,
 	})

@@ -67,6 +67,17 @@ var (
 	ErrAborted = errors.New("attach: FUSE connection aborted")
 	// ErrInvalid: a malformed request or argument.
 	ErrInvalid = errors.New("attach: invalid argument")
+	// ErrResourceExhausted: a limit of the image was reached (a snapshot
+	// of a chain already as deep as ploop allows).
+	ErrResourceExhausted = errors.New("attach: image limit reached")
+	// ErrNotFound: a file the operation needs does not exist.
+	ErrNotFound = errors.New("attach: not found")
+	// ErrCorrupt: the image is corrupt (image check tells what is wrong).
+	ErrCorrupt = errors.New("attach: image is corrupt")
+	// ErrVolumeFailed: a sync of a delta failed, so data or BAT entries
+	// written before it may be lost; every later write, flush and snapshot
+	// fails until the image is detached, checked and attached again.
+	ErrVolumeFailed = errors.New("attach: volume failed")
 )
 
 // Status describes an attached image.
@@ -76,6 +87,8 @@ type Status struct {
 	Dir    string `json:"dir"`    // absolute image directory
 	Depth  int    `json:"depth"`  // deltas in the chain
 	Size   int64  `json:"size"`   // virtual size in bytes
+	// Failure is set once the volume failed (ErrVolumeFailed): why.
+	Failure string `json:"failure,omitempty"`
 }
 
 // runtimeDir returns the runtime directory of the image directory dir
@@ -99,11 +112,4 @@ func absDir(dir string) (string, error) {
 		return real, nil
 	}
 	return abs, nil
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

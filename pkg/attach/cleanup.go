@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -24,14 +23,11 @@ import (
 func cleanupStale(rt string, log *slog.Logger) error {
 	mnt := filepath.Join(rt, mountName)
 	var busy []error
-	infos, err := loopdev.List()
+	infos, err := loopdev.ListUnder(mnt)
 	if err != nil {
 		return fmt.Errorf("attach: cleanup: %w", err)
 	}
 	for _, info := range infos {
-		if !strings.HasPrefix(info.BackingFile, mnt+"/") {
-			continue
-		}
 		log.Warn("detaching the loop device of a dead server", "device", info.Path)
 		if err := loopdev.Detach(info.Path); err != nil {
 			busy = append(busy, fmt.Errorf("%w: stale %s: %w", ErrBusy, info.Path, err))
@@ -94,18 +90,14 @@ func probeDead(ctx context.Context, rt, dir string) error {
 	return nil
 }
 
-// imageLocked reports whether a process holds the image's lock. A
-// directory that is not (or no longer) an image is not locked.
+// imageLocked reports whether a process holds the image's lock. It probes
+// the lock file only: opening the image for writing would run the crash
+// recovery of its top delta (which may repair and truncate it) under the
+// nose of a process that is about to serve it.
 func imageLocked(dir string) (bool, error) {
-	img, err := image.OpenDir(dir, image.OpenOptions{})
-	if errors.Is(err, image.ErrBusy) {
-		return true, nil
-	}
+	locked, err := image.IsLocked(dir)
 	if err != nil {
-		return false, nil
+		return false, fmt.Errorf("attach: %w", err)
 	}
-	if err := img.Close(); err != nil {
-		return false, fmt.Errorf("attach: probe lock of %s: %w", dir, err)
-	}
-	return false, nil
+	return locked, nil
 }

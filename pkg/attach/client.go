@@ -2,6 +2,7 @@ package attach
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -37,8 +38,8 @@ type Client struct {
 
 // NewClient returns a Client.
 func NewClient(opts AttachOptions) *Client {
-	opts.Binary = orDefault(opts.Binary, DefaultBinary)
-	opts.RunDir = orDefault(opts.RunDir, DefaultRunDir)
+	opts.Binary = cmp.Or(opts.Binary, DefaultBinary)
+	opts.RunDir = cmp.Or(opts.RunDir, DefaultRunDir)
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -53,7 +54,10 @@ const pollEvery = 20 * time.Millisecond
 
 // Attach returns the device of the attached image dir, starting a detached
 // serving process ("BINARY image attach --foreground=false DIR") if none
-// runs, after cleaning up what a dead one left. ctx bounds the wait.
+// runs, after cleaning up what a dead one left. ctx bounds the wait. A
+// start that fails or does not finish within ctx is undone: the process is
+// stopped, its leftovers are removed, and the error carries the end of its
+// log.
 func (c *Client) Attach(ctx context.Context, dir string) (string, error) {
 	abs, rt, err := c.paths(dir)
 	if err != nil {
@@ -68,19 +72,29 @@ func (c *Client) Attach(ctx context.Context, dir string) (string, error) {
 	if err := os.MkdirAll(rt, 0o700); err != nil {
 		return "", fmt.Errorf("attach: runtime dir: %w", err)
 	}
-	exited, err := c.spawn(abs, rt)
+	proc, err := c.spawn(abs, rt)
 	if err != nil {
 		return "", err
 	}
-	return c.waitReady(ctx, rt, exited)
+	dev, err := c.waitReady(ctx, rt, proc.exited)
+	if err != nil {
+		return "", c.undoStart(abs, rt, proc, err)
+	}
+	return dev, nil
+}
+
+// spawned is a serving process this client started.
+type spawned struct {
+	cmd    *exec.Cmd
+	exited <-chan struct{} // closed when it exits
 }
 
 // spawn starts the serving process in its own session, logging to the
-// runtime directory. exited is closed when it exits.
-func (c *Client) spawn(dir, rt string) (exited <-chan struct{}, err error) {
+// runtime directory.
+func (c *Client) spawn(dir, rt string) (spawned, error) {
 	logf, err := os.OpenFile(filepath.Join(rt, logName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("attach: log file: %w", err)
+		return spawned{}, fmt.Errorf("attach: log file: %w", err)
 	}
 	defer logf.Close()
 	cmd := exec.Command(c.opts.Binary, "image", "attach", "--foreground=false", "--run-dir", c.opts.RunDir, dir)
@@ -88,15 +102,15 @@ func (c *Client) spawn(dir, rt string) (exited <-chan struct{}, err error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrStartFailed, c.opts.Binary, err)
+		return spawned{}, fmt.Errorf("%w: %s: %w", ErrStartFailed, c.opts.Binary, err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }() // reap it whenever it ends
-	return done, nil
+	return spawned{cmd: cmd, exited: done}, nil
 }
 
 // waitReady polls the socket until the server reports its device, the
-// server exits, or ctx ends (then the server is told to stop).
+// server exits, or ctx ends.
 func (c *Client) waitReady(ctx context.Context, rt string, exited <-chan struct{}) (string, error) {
 	t := time.NewTicker(pollEvery)
 	defer t.Stop()
@@ -107,26 +121,61 @@ func (c *Client) waitReady(ctx context.Context, rt string, exited <-chan struct{
 		}
 		select {
 		case <-exited:
-			return "", fmt.Errorf("%w: it exited; log: %s", ErrStartFailed, logTail(rt))
+			return "", fmt.Errorf("%w: it exited", ErrStartFailed)
 		case <-ctx.Done():
-			return "", fmt.Errorf("%w: no answer: %w; log: %s", ErrStartFailed, ctx.Err(), logTail(rt))
+			return "", fmt.Errorf("%w: no answer: %w", ErrStartFailed, ctx.Err())
 		case <-t.C:
 		}
 	}
 }
 
-// logTail returns the end of a serving process's log.
+// stopWait bounds how long undoStart waits for a stopped serving process.
+const stopWait = 30 * time.Second
+
+// undoStart stops a serving process whose start failed or was given up
+// (SIGTERM: a server still starting abandons its start, a ready one
+// detaches its unused device), then removes what it left, so that no
+// server, loop device or FUSE mount outlives an attach its caller was told
+// failed. The error carries the last lines of the server's log.
+func (c *Client) undoStart(dir, rt string, proc spawned, cause error) error {
+	select {
+	case <-proc.exited:
+	default:
+		_ = proc.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-proc.exited:
+		case <-time.After(stopWait):
+			_ = proc.cmd.Process.Kill()
+			<-proc.exited
+		}
+	}
+	err := fmt.Errorf("%w; log: %s", cause, logTail(rt))
+	ctx, cancel := context.WithTimeout(context.Background(), stopWait)
+	defer cancel()
+	if cerr := cleanup(ctx, c.opts.RunDir, dir, c.opts.Logger); cerr != nil {
+		return errors.Join(err, fmt.Errorf("attach: clean up after the failed start: %w", cerr))
+	}
+	return err
+}
+
+// logTail returns the last lines of a serving process's log.
 func logTail(rt string) string {
 	b, err := os.ReadFile(filepath.Join(rt, logName))
 	if err != nil {
 		return "(no log: " + err.Error() + ")"
 	}
 	b = bytes.TrimSpace(b)
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
+	if len(b) > logTailBytes {
+		b = b[len(b)-logTailBytes:]
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:] // whole lines only
+		}
 	}
 	return string(b)
 }
+
+// logTailBytes bounds the log lines an error carries.
+const logTailBytes = 2000
 
 // attached asks the server of rt for its device: ok is false when no
 // server answers.

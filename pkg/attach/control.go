@@ -8,12 +8,25 @@ import (
 	"io/fs"
 	"net"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/csi-ploop/csi-ploop/pkg/image"
 )
 
-// Control protocol: one JSON request per connection, one JSON response.
+// ProtocolVersion is the version of the control protocol this package
+// speaks: one JSON request per connection, one JSON response, each with a
+// version field "v". Version 0 (no "v") is the protocol before versioning:
+// the same operations, the codes busy, invalid, aborted, gone and failed.
+// Version 1 adds the version field, Status.Failure and the codes
+// resource-exhausted, locked, not-found, corrupt and volume-failed. A peer
+// ignores fields it does not know and maps codes it does not know to a
+// plain error, so old clients and servers keep working with new ones
+// (serving processes outlive driver upgrades). A server refuses a request
+// of a newer version than its own with code invalid.
+const ProtocolVersion = 1
+
+// Operations.
 const (
 	opStatus   = "status"
 	opSnapshot = "snapshot"
@@ -21,70 +34,113 @@ const (
 	opDetach   = "detach"
 )
 
-// Error codes carried in responses, mapped back to sentinels by the client.
+// Error codes carried in responses: stable strings, part of the protocol.
 const (
-	codeBusy    = "busy"
-	codeInvalid = "invalid"
-	codeAborted = "aborted"
-	codeFailed  = "failed"
-	// codeGone: the server is tearing down (its loop device is gone); the
-	// client treats it as not attached and starts a new one.
-	codeGone = "gone"
+	codeBusy              = "busy"
+	codeInvalid           = "invalid"
+	codeAborted           = "aborted"
+	codeGone              = "gone" // tearing down: the client treats it as not attached
+	codeResourceExhausted = "resource-exhausted"
+	codeLocked            = "locked"
+	codeNotFound          = "not-found"
+	codeCorrupt           = "corrupt"
+	codeVolumeFailed      = "volume-failed"
+	codeFailed            = "failed" // anything else
 )
 
+// errorCodes maps each code to its sentinel, in the order errResponse
+// tests them: the first sentinel an error matches gives its code. A failed
+// volume comes first: every operation on it fails for that reason.
+var errorCodes = []struct {
+	code     string
+	sentinel error
+}{
+	{codeVolumeFailed, ErrVolumeFailed},
+	{codeGone, ErrNotAttached},
+	{codeAborted, ErrAborted},
+	{codeBusy, ErrBusy},
+	{codeLocked, ErrLocked},
+	{codeResourceExhausted, ErrResourceExhausted},
+	{codeCorrupt, ErrCorrupt},
+	{codeNotFound, ErrNotFound},
+	{codeInvalid, ErrInvalid},
+}
+
 type request struct {
+	Version      int    `json:"v,omitempty"`
 	Op           string `json:"op"`
 	NewDeltaFile string `json:"newDeltaFile,omitempty"`
 	Size         int64  `json:"size,omitempty"`
 }
 
 type response struct {
-	OK     bool    `json:"ok"`
-	Error  string  `json:"error,omitempty"`
-	Code   string  `json:"code,omitempty"`
-	Status *Status `json:"status,omitempty"`
-	GUID   string  `json:"guid,omitempty"`
+	Version int     `json:"v,omitempty"`
+	OK      bool    `json:"ok"`
+	Error   string  `json:"error,omitempty"`
+	Code    string  `json:"code,omitempty"`
+	Status  *Status `json:"status,omitempty"`
+	GUID    string  `json:"guid,omitempty"`
 }
 
-// errResponse encodes err with the code of its sentinel.
-func errResponse(err error) response {
-	code := codeFailed
-	switch {
-	case errors.Is(err, ErrBusy):
-		code = codeBusy
-	case errors.Is(err, ErrInvalid):
-		code = codeInvalid
-	case errors.Is(err, ErrAborted):
-		code = codeAborted
-	case errors.Is(err, ErrNotAttached):
-		code = codeGone
+// typed gives an error from pkg/image or the file system the attach
+// sentinel that carries its meaning across the socket.
+func typed(err error) error {
+	for _, m := range []struct{ from, to error }{
+		{image.ErrChainTooDeep, ErrResourceExhausted},
+		{image.ErrBusy, ErrLocked},
+		{image.ErrCorrupt, ErrCorrupt},
+		{image.ErrInvalid, ErrInvalid},
+		{fs.ErrNotExist, ErrNotFound},
+	} {
+		if errors.Is(err, m.from) && !errors.Is(err, m.to) {
+			return fmt.Errorf("%w: %w", m.to, err)
+		}
 	}
-	return response{Error: err.Error(), Code: code}
+	return err
 }
+
+// errResponse encodes err with the code of the first sentinel it matches.
+func errResponse(err error) response {
+	err = typed(err)
+	code := codeFailed
+	for _, c := range errorCodes {
+		if errors.Is(err, c.sentinel) {
+			code = c.code
+			break
+		}
+	}
+	return response{Version: ProtocolVersion, Error: err.Error(), Code: code}
+}
+
+// remoteErr is an error a serving process answered: its message is the
+// server's, unchanged, and it matches the sentinel of its code.
+type remoteErr struct {
+	msg      string
+	sentinel error // nil for codeFailed and codes this client does not know
+}
+
+func (e *remoteErr) Error() string { return e.msg }
+func (e *remoteErr) Unwrap() error { return e.sentinel }
 
 // remoteError turns an error response back into an error matching the
 // sentinel it was made from.
 func remoteError(r response) error {
-	var sentinel error
-	switch r.Code {
-	case codeBusy:
-		sentinel = ErrBusy
-	case codeInvalid:
-		sentinel = ErrInvalid
-	case codeAborted:
-		sentinel = ErrAborted
-	case codeGone:
-		sentinel = ErrNotAttached
-	default:
-		return fmt.Errorf("attach: server: %s", r.Error)
+	e := &remoteErr{msg: r.Error}
+	if e.msg == "" {
+		e.msg = "attach: the serving process failed without a message (code " + r.Code + ")"
 	}
-	// The server's message starts with the sentinel's own text.
-	return fmt.Errorf("%w%s", sentinel, strings.TrimPrefix(r.Error, sentinel.Error()))
+	for _, c := range errorCodes {
+		if c.code == r.Code {
+			e.sentinel = c.sentinel
+		}
+	}
+	return e
 }
 
 // call sends req to the serving process of runtime directory rt. A missing
 // socket or a refused connection mean no server: ErrNotAttached.
 func call(ctx context.Context, rt string, req request) (response, error) {
+	req.Version = ProtocolVersion
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", filepath.Join(rt, socketName))
 	if err != nil {
@@ -127,12 +183,17 @@ func serveConn(conn net.Conn, handle func(request) (response, func())) {
 	defer conn.Close()
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var req request
+	resp, after := response{}, func() {}
 	if err := json.NewDecoder(conn).Decode(&req); err != nil {
-		json.NewEncoder(conn).Encode(errResponse(fmt.Errorf("%w: bad request: %w", ErrInvalid, err)))
-		return
+		resp = errResponse(fmt.Errorf("%w: bad request: %w", ErrInvalid, err))
+	} else if req.Version > ProtocolVersion {
+		resp = errResponse(fmt.Errorf("%w: protocol version %d is newer than this server's %d",
+			ErrInvalid, req.Version, ProtocolVersion))
+	} else {
+		conn.SetReadDeadline(time.Time{})
+		resp, after = handle(req)
 	}
-	conn.SetReadDeadline(time.Time{})
-	resp, after := handle(req)
+	resp.Version = ProtocolVersion
 	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	json.NewEncoder(conn).Encode(resp)
 	if after != nil {

@@ -35,7 +35,7 @@ func newFixture(t *testing.T, size int64) *fixture {
 	}
 	f := &fixture{t: t, work: work, dir: filepath.Join(work, "img")}
 	f.c = attach.NewClient(attach.AttachOptions{
-		Binary: theSuite.binary, RunDir: theSuite.runDir, Env: theSuite.env,
+		Binary: theSuite.binary, RunDir: theSuite.runDir,
 	})
 	t.Cleanup(f.teardown) // runs last: mounts registered later go first
 	if err := image.Create(f.dir, size, image.CreateOptions{}); err != nil {

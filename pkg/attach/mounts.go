@@ -1,13 +1,10 @@
 package attach
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,109 +15,36 @@ const (
 	ioctlFITHAW   = 0xC0045878
 )
 
-// mountEntry is one line of /proc/self/mountinfo, reduced to what we use.
-type mountEntry struct {
-	major, minor uint32
-	mountPoint   string
-	fsType       string
-}
-
-// readMounts parses /proc/self/mountinfo.
-func readMounts() ([]mountEntry, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("attach: %w", err)
-	}
-	defer f.Close()
-	var out []mountEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if e, ok := parseMountLine(sc.Text()); ok {
-			out = append(out, e)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("attach: read mountinfo: %w", err)
-	}
-	return out, nil
-}
-
-// parseMountLine: "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw".
-func parseMountLine(line string) (mountEntry, bool) {
-	fields := strings.Fields(line)
-	if len(fields) < 10 {
-		return mountEntry{}, false
-	}
-	maj, min, ok := strings.Cut(fields[2], ":")
-	if !ok {
-		return mountEntry{}, false
-	}
-	ma, err1 := strconv.ParseUint(maj, 10, 32)
-	mi, err2 := strconv.ParseUint(min, 10, 32)
-	if err1 != nil || err2 != nil {
-		return mountEntry{}, false
-	}
-	e := mountEntry{major: uint32(ma), minor: uint32(mi), mountPoint: unescapeMount(fields[4])}
-	for i := 6; i < len(fields)-1; i++ {
-		if fields[i] == "-" {
-			e.fsType = fields[i+1]
-			break
-		}
-	}
-	return e, true
-}
-
-// unescapeMount undoes the octal escapes (\040 etc.) of mountinfo paths.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// deviceMounts returns the mount points of the block device at path.
+// deviceMounts returns the mount points of the block device at path: the
+// mounts whose superblock is that device (bind mounts of it included).
 func deviceMounts(path string) ([]string, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return nil, fmt.Errorf("attach: stat %s: %w", path, err)
 	}
-	mounts, err := readMounts()
+	maj, min := int(unix.Major(st.Rdev)), int(unix.Minor(st.Rdev))
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return m.Major != maj || m.Minor != min, false
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("attach: mount table: %w", err)
 	}
-	var out []string
+	out := make([]string, 0, len(mounts))
 	for _, m := range mounts {
-		if m.major == unix.Major(st.Rdev) && m.minor == unix.Minor(st.Rdev) {
-			out = append(out, m.mountPoint)
-		}
+		out = append(out, m.Mountpoint)
 	}
 	return out, nil
 }
 
-// isMountPoint reports whether path is a mount point in mountinfo.
+// isMountPoint reports whether path is a mount point in the mount table.
+// It reads the table rather than stat'ing path, which fails on the mount of
+// a dead FUSE server ("transport endpoint is not connected").
 func isMountPoint(path string) (bool, error) {
-	mounts, err := readMounts()
+	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(path))
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("attach: mount table: %w", err)
 	}
-	for _, m := range mounts {
-		if m.mountPoint == path {
-			return true, nil
-		}
-	}
-	return false, nil
+	return len(mounts) > 0, nil
 }
 
 // frozen is a filesystem frozen with FIFREEZE; thaw undoes it.

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/csi-ploop/csi-ploop/pkg/blockmap"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
 )
@@ -24,14 +23,11 @@ func (s *server) handle(req request) (response, func()) {
 	case opStatus:
 		var st Status
 		st, err = s.statusChecked()
-		resp = reply(err, func(r *response) { r.Status = &st })
+		resp.Status = &st
 	case opSnapshot:
-		var guid string
-		guid, err = s.snapshot(ctx, req.NewDeltaFile)
-		resp = reply(err, func(r *response) { r.GUID = guid })
+		resp.GUID, err = s.snapshot(ctx, req.NewDeltaFile)
 	case opGrow:
 		err = s.grow(ctx, req.Size)
-		resp = reply(err, nil)
 	case opDetach:
 		if err := s.detach(); err != nil {
 			return errResponse(err), nil
@@ -48,18 +44,15 @@ func (s *server) handle(req request) (response, func()) {
 		}
 		return errResponse(fmt.Errorf("%w: %w", ErrNotAttached, err)), s.stop
 	}
-	return resp, nil
-}
-
-func reply(err error, fill func(*response)) response {
 	if err != nil {
-		return errResponse(err)
+		s.noteFailure()
+		if f := s.failure(); f != nil && !errors.Is(err, ErrVolumeFailed) {
+			err = fmt.Errorf("%w (%w)", f, err) // the failure is why it failed
+		}
+		return errResponse(err), nil
 	}
-	r := response{OK: true}
-	if fill != nil {
-		fill(&r)
-	}
-	return r
+	resp.OK = true
+	return resp, nil
 }
 
 // live is checked under s.mu by every operation: the server is not being
@@ -96,6 +89,9 @@ func (s *server) statusChecked() (Status, error) {
 func (s *server) snapshot(ctx context.Context, newDeltaFile string) (guid string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.failure(); err != nil {
+		return "", err // a snapshot of a chain that lost writes would freeze the loss
+	}
 	if err := s.live(); err != nil {
 		return "", err
 	}
@@ -121,6 +117,9 @@ func (s *server) snapshot(ctx context.Context, newDeltaFile string) (guid string
 func (s *server) grow(ctx context.Context, size int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.failure(); err != nil {
+		return err
+	}
 	if err := s.live(); err != nil {
 		return err
 	}
@@ -158,9 +157,9 @@ func (s *server) detach() error {
 		return err
 	}
 	if !s.torn.fuse {
-		if err := s.bm.Close(); err != nil {
-			if errors.Is(err, blockmap.ErrBusy) {
-				return fmt.Errorf("%w: %w", ErrBusy, err)
+		if err := s.closeFUSE(false); err != nil {
+			if errors.Is(err, ErrBusy) {
+				return err
 			}
 			return fmt.Errorf("attach: %w", err)
 		}
@@ -169,7 +168,12 @@ func (s *server) detach() error {
 	if !s.torn.image {
 		s.torn.image = true // Close is not retried: the chain is closed either way
 		if err := s.img.Close(); err != nil {
-			return fmt.Errorf("attach: close image: %w", err)
+			// The device is gone and the image released; what failed (a last
+			// flush on a full disk, a volume that had already failed) leaves
+			// the top marked in use, so the next open checks it. Teardown
+			// must not fail for that: it would keep the volume staged for
+			// good while nothing can fix it but that next open.
+			s.log.Error("closing the image failed; the next attach checks it", "err", err)
 		}
 	}
 	s.ln.Close()

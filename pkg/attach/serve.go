@@ -1,6 +1,7 @@
 package attach
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"runtime/pprof"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/csi-ploop/csi-ploop/pkg/blockmap"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
@@ -33,7 +36,7 @@ type ServeOptions struct {
 }
 
 func (o ServeOptions) withDefaults() ServeOptions {
-	o.RunDir = orDefault(o.RunDir, DefaultRunDir)
+	o.RunDir = cmp.Or(o.RunDir, DefaultRunDir)
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = DefaultRequestTimeout
 	}
@@ -95,6 +98,9 @@ type server struct {
 	log     *slog.Logger
 	img     *image.Image
 	bm      *blockmap.Server
+	// health is the sticky failure of the chain (nil while healthy).
+	health  func() error
+	failLog sync.Once // the failure is logged once, when it is first seen
 	dev     string
 	ln      *net.UnixListener
 
@@ -117,7 +123,7 @@ func start(ctx context.Context, dir string, opts ServeOptions) (_ *server, err e
 	}
 	rt := runtimeDir(opts.RunDir, dir)
 	s := &server{dir: dir, rt: rt, opts: opts, img: img, stopped: make(chan struct{}),
-		log: opts.Logger.With("dir", dir)}
+		log: opts.Logger.With("dir", dir), health: func() error { return chainFailure(img.Chain()) }}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, s.abandon())
@@ -159,28 +165,89 @@ func (s *server) attachDevice(ctx context.Context) error {
 	return nil
 }
 
-// abandon undoes a failed start (no filesystem can be mounted yet).
+// abandon undoes a failed start (nobody knows the device yet, so no
+// filesystem can be mounted on it). It keeps the log: the client reports
+// its last lines and then removes the runtime directory.
 func (s *server) abandon() error {
 	var errs []error
 	if s.ln != nil {
 		errs = append(errs, s.ln.Close())
 	}
 	if s.dev != "" {
-		errs = append(errs, loopdev.Detach(s.dev))
+		// A udev probe may hold the new device for a moment: the kernel
+		// then detaches it on the last close, and only after that can the
+		// FUSE mount go.
+		if err := loopdev.Detach(s.dev); err != nil && !errors.Is(err, loopdev.ErrBusy) {
+			errs = append(errs, err)
+		} else if err := s.waitLoopReleased(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if s.bm != nil {
-		errs = append(errs, s.bm.Close())
+		errs = append(errs, s.closeFUSE(true))
 	}
 	errs = append(errs, s.img.Close())
-	if err := errors.Join(errs...); err != nil {
+	errs = append(errs, removeAllBut(s.rt, logName))
+	return errors.Join(errs...)
+}
+
+// closeFUSE unmounts the FUSE file once no loop device holds it. The kernel
+// drops a released loop device's reference to the file a moment after
+// sysfs says it is detached, so a busy unmount is retried for a while. A
+// mount that stays busy (someone else opened the file) is, when lazy is
+// set, detached lazily rather than left behind (the kernel ends the
+// connection when its last user goes); otherwise the busy error is returned
+// and the server keeps serving.
+func (s *server) closeFUSE(lazy bool) error {
+	deadline := time.Now().Add(fuseReleaseWait)
+	for {
+		err := s.bm.Close()
+		if err == nil || !errors.Is(err, blockmap.ErrBusy) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			if !lazy {
+				return fmt.Errorf("%w: %w", ErrBusy, err)
+			}
+			s.log.Warn("FUSE mount still busy; detaching it lazily", "mount", filepath.Join(s.rt, mountName), "err", err)
+			if err := unix.Unmount(filepath.Join(s.rt, mountName), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("attach: lazy unmount: %w", err)
+			}
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// fuseReleaseWait bounds how long closeFUSE waits for the kernel to drop
+// the last reference to the FUSE file.
+const fuseReleaseWait = 5 * time.Second
+
+// removeAllBut removes everything in dir except the file keep.
+func removeAllBut(dir, keep string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	return os.RemoveAll(s.rt)
+	var errs []error
+	for _, e := range entries {
+		if e.Name() != keep {
+			errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (s *server) status() Status {
 	c := s.img.Chain()
-	return Status{Device: s.dev, PID: os.Getpid(), Dir: s.dir, Depth: c.Depth(), Size: c.Size()}
+	st := Status{Device: s.dev, PID: os.Getpid(), Dir: s.dir, Depth: c.Depth(), Size: c.Size()}
+	if err := s.health(); err != nil {
+		st.Failure = err.Error()
+	}
+	return st
 }
 
 // run serves control requests until the device is detached.
@@ -189,8 +256,12 @@ func (s *server) run(ctx context.Context) error {
 	dead := make(chan struct{})
 	go func() { s.bm.Wait(); close(dead) }()
 	sig := ctx.Done()
+	health := time.NewTicker(healthEvery)
+	defer health.Stop()
 	for {
 		select {
+		case <-health.C:
+			s.noteFailure()
 		case <-s.stopped:
 			return nil
 		case <-dead:

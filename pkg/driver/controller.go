@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"cmp"
 	"context"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -55,7 +56,7 @@ func (d *Driver) createRequest(req *csi.CreateVolumeRequest) (volume.CreateVolum
 	out = volume.CreateVolumeRequest{
 		Name: req.GetName(), RequiredBytes: req.GetCapacityRange().GetRequiredBytes(),
 		LimitBytes: req.GetCapacityRange().GetLimitBytes(), ClusterSize: p.ClusterSize,
-		FsType: firstNonEmpty(capFs, p.FsType, DefaultFsType), Parameters: req.GetParameters(),
+		FsType: cmp.Or(capFs, p.FsType, DefaultFsType), Parameters: req.GetParameters(),
 	}
 	if src := req.GetVolumeContentSource(); src != nil {
 		out.SourceSnapshotID = src.GetSnapshot().GetSnapshotId()
@@ -187,7 +188,7 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if r.GetLimitBytes() > 0 && r.GetRequiredBytes() > r.GetLimitBytes() {
 		return nil, status.Errorf(codes.OutOfRange, "required %d exceeds limit %d", r.GetRequiredBytes(), r.GetLimitBytes())
 	}
-	size := firstPositive(r.GetRequiredBytes(), r.GetLimitBytes())
+	size := cmp.Or(r.GetRequiredBytes(), r.GetLimitBytes())
 	if size == 0 {
 		return nil, invalid("capacity_range needs required_bytes or limit_bytes")
 	}
@@ -203,18 +204,10 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if r.GetLimitBytes() > 0 && got > r.GetLimitBytes() {
 		return nil, status.Errorf(codes.OutOfRange, "volume is %d bytes, above limit %d", got, r.GetLimitBytes())
 	}
-	// A filesystem must still be grown on the node; a raw block device need not.
-	nodeExpansion := req.GetVolumeCapability().GetBlock() == nil
-	return &csi.ControllerExpandVolumeResponse{CapacityBytes: got, NodeExpansionRequired: nodeExpansion}, nil
-}
-
-func firstPositive(v ...int64) int64 {
-	for _, x := range v {
-		if x > 0 {
-			return x
-		}
-	}
-	return 0
+	// Always: this controller may not hold the volume (csi-resizer has no
+	// per-node mode), and NodeExpandVolume on the node that does grows the
+	// image (block volumes too) and the filesystem.
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: got, NodeExpansionRequired: true}, nil
 }
 
 func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {

@@ -146,8 +146,9 @@ func TestControllerExpand(t *testing.T) {
 	if err != nil || resp.CapacityBytes != 5*volume.MiB || !resp.NodeExpansionRequired {
 		t.Fatalf("mount expand %v %v", resp, err)
 	}
+	// Block too: the node that holds the volume grows it (issue 9 item 8).
 	req.VolumeCapability = blockCap()
-	if resp, err = d.ControllerExpandVolume(ctx, req); err != nil || resp.NodeExpansionRequired {
+	if resp, err = d.ControllerExpandVolume(ctx, req); err != nil || !resp.NodeExpansionRequired {
 		t.Fatalf("block expand %v %v", resp, err)
 	}
 	dom.expandTo = 9 * volume.MiB // the volume is already larger than the limit

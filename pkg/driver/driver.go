@@ -38,7 +38,7 @@ type Domain interface {
 	NodePublish(ctx context.Context, req volume.PublishRequest) error
 	NodeUnpublish(ctx context.Context, id, targetPath string) error
 	NodeStats(ctx context.Context, id, path string) (volume.VolumeStats, error)
-	NodeExpand(ctx context.Context, id, path string, block bool) (int64, error)
+	NodeExpand(ctx context.Context, req volume.NodeExpandRequest) (int64, error)
 }
 
 var _ Domain = (*volume.Manager)(nil)

@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"syscall"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -21,10 +22,13 @@ func codeFor(err error) (codes.Code, bool) {
 		return codes.InvalidArgument, true
 	case errors.Is(err, volume.ErrOutOfRange):
 		return codes.OutOfRange, true
-	case errors.Is(err, volume.ErrFailedPrecondition):
-		return codes.FailedPrecondition, true
-	case errors.Is(err, volume.ErrResourceExhausted):
-		return codes.ResourceExhausted, true
+	case errors.Is(err, volume.ErrFailedPrecondition), errors.Is(err, volume.ErrVolumeFailed):
+		return codes.FailedPrecondition, true // the volume must be staged (again) or unmounted first
+	case errors.Is(err, volume.ErrCorrupt):
+		return codes.DataLoss, true // gRPC: "unrecoverable data loss or corruption"
+	case errors.Is(err, volume.ErrResourceExhausted),
+		errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return codes.ResourceExhausted, true // includes a full storage root
 	case errors.Is(err, volume.ErrBusy), errors.Is(err, volume.ErrBadToken):
 		return codes.Aborted, true // CSI: retry later / restart the listing
 	case errors.Is(err, context.DeadlineExceeded):

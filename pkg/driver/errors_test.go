@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"syscall"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -27,6 +29,10 @@ func TestToStatus(t *testing.T) {
 		{wrap(volume.ErrBusy), codes.Aborted},
 		{wrap(volume.ErrBadToken), codes.Aborted},
 		{wrap(context.DeadlineExceeded), codes.DeadlineExceeded},
+		{wrap(volume.ErrResourceExhausted), codes.ResourceExhausted},
+		{wrap(volume.ErrCorrupt), codes.DataLoss},
+		{wrap(volume.ErrVolumeFailed), codes.FailedPrecondition},
+		{wrap(&os.PathError{Op: "write", Path: "meta/staged/x.json.tmp", Err: syscall.ENOSPC}), codes.ResourceExhausted},
 		{status.Error(codes.ResourceExhausted, "x"), codes.ResourceExhausted},
 		{errors.New("disk on fire"), codes.Internal},
 	}

@@ -11,22 +11,23 @@ import (
 // set, makes any call on that volume block until release is closed (signalling
 // entered), to test the in-flight lock.
 type fakeDomain struct {
-	mu       sync.Mutex
-	err      error
-	holdID   string
-	entered  chan struct{}
-	release  chan struct{}
-	vols     []volume.Volume
-	snaps    []volume.Snapshot
-	next     string
-	gotMax   int
-	gotToken string
-	create   volume.CreateVolumeRequest
-	stage    volume.StageRequest
-	publish  volume.PublishRequest
-	stats    volume.VolumeStats
-	expandTo int64
-	filter   volume.SnapshotFilter
+	mu         sync.Mutex
+	err        error
+	holdID     string
+	entered    chan struct{}
+	release    chan struct{}
+	vols       []volume.Volume
+	snaps      []volume.Snapshot
+	next       string
+	gotMax     int
+	gotToken   string
+	create     volume.CreateVolumeRequest
+	stage      volume.StageRequest
+	publish    volume.PublishRequest
+	stats      volume.VolumeStats
+	expandTo   int64
+	nodeExpand volume.NodeExpandRequest
+	filter     volume.SnapshotFilter
 }
 
 func (f *fakeDomain) call(id string) error {
@@ -97,6 +98,7 @@ func (f *fakeDomain) NodeStats(_ context.Context, id, _ string) (volume.VolumeSt
 	return f.stats, f.call(id)
 }
 
-func (f *fakeDomain) NodeExpand(_ context.Context, id, _ string, _ bool) (int64, error) {
-	return 7 * volume.MiB, f.call(id)
+func (f *fakeDomain) NodeExpand(_ context.Context, r volume.NodeExpandRequest) (int64, error) {
+	f.nodeExpand = r
+	return 7 * volume.MiB, f.call(r.VolumeID)
 }

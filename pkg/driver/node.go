@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"cmp"
 	"context"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -31,7 +32,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		VolumeID:    req.GetVolumeId(),
 		StagingPath: req.GetStagingTargetPath(),
 		Block:       req.GetVolumeCapability().GetBlock() != nil,
-		FsType:      firstNonEmpty(fs, req.GetVolumeContext()[volumeContextFs]),
+		FsType:      cmp.Or(fs, req.GetVolumeContext()[volumeContextFs]),
 		MountFlags:  mnt.GetMountFlags(),
 	})
 	if err != nil {
@@ -145,8 +146,12 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if err := required(req.GetVolumePath(), "volume_path"); err != nil {
 		return nil, err
 	}
-	if err := checkCapacityRange(req.GetCapacityRange()); err != nil {
+	r := req.GetCapacityRange()
+	if err := checkCapacityRange(r); err != nil {
 		return nil, err
+	}
+	if r.GetLimitBytes() > 0 && r.GetRequiredBytes() > r.GetLimitBytes() {
+		return nil, status.Errorf(codes.OutOfRange, "required %d exceeds limit %d", r.GetRequiredBytes(), r.GetLimitBytes())
 	}
 	if c := req.GetVolumeCapability(); c != nil {
 		if _, err := checkCapability(c); err != nil {
@@ -158,8 +163,10 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		return nil, err
 	}
 	defer unlock()
-	block := req.GetVolumeCapability().GetBlock() != nil
-	got, err := d.dom.NodeExpand(ctx, req.GetVolumeId(), req.GetVolumePath(), block)
+	got, err := d.dom.NodeExpand(ctx, volume.NodeExpandRequest{
+		VolumeID: req.GetVolumeId(), Path: req.GetVolumePath(),
+		RequiredBytes: r.GetRequiredBytes(), LimitBytes: r.GetLimitBytes(),
+	})
 	if err != nil {
 		return nil, toStatus(err)
 	}

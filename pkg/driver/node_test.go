@@ -120,3 +120,19 @@ func TestNodeInfoAndCapabilities(t *testing.T) {
 		t.Fatalf("%v %v", resp, err)
 	}
 }
+
+// TestNodeExpandPassesTheCapacity: the node grows the image (issue 9 item
+// 8), so it needs the capacity the resizer asked for.
+func TestNodeExpandPassesTheCapacity(t *testing.T) {
+	dom := &fakeDomain{}
+	d := newTestDriver(t, dom)
+	_, err := d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: "v", VolumePath: "/t",
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 5 * volume.MiB, LimitBytes: 8 * volume.MiB}})
+	want := volume.NodeExpandRequest{VolumeID: "v", Path: "/t", RequiredBytes: 5 * volume.MiB, LimitBytes: 8 * volume.MiB}
+	if err != nil || dom.nodeExpand != want {
+		t.Fatalf("domain got %+v, %v", dom.nodeExpand, err)
+	}
+	_, err = d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: "v", VolumePath: "/t",
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 9, LimitBytes: 8}})
+	wantCode(t, err, codes.OutOfRange)
+}

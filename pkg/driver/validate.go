@@ -1,13 +1,14 @@
 package driver
 
 import (
+	"cmp"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/csi-ploop/csi-ploop/pkg/volume"
 )
@@ -80,7 +81,7 @@ func checkCapabilities(caps []*csi.VolumeCapability) (string, error) {
 		if fs != "" && fsType != "" && fs != fsType {
 			return "", invalid("capabilities ask for two fsTypes %q and %q", fsType, fs)
 		}
-		fsType = firstNonEmpty(fsType, fs)
+		fsType = cmp.Or(fsType, fs)
 	}
 	return fsType, nil
 }
@@ -101,7 +102,7 @@ func parseParams(p map[string]string) (params, error) {
 			}
 			out.FsType = v
 		case k == ParamClusterSize:
-			cs, err := parseSize(v)
+			cs, err := parseQuantity(v)
 			if err != nil || !volume.ValidClusterSize(cs) {
 				return out, invalid("parameter %s=%q: a power of two from 64Ki to 16Mi", k, v)
 			}
@@ -115,20 +116,17 @@ func parseParams(p map[string]string) (params, error) {
 	return out, nil
 }
 
-// parseSize accepts plain bytes or a Ki/Mi/Gi suffix, like Kubernetes quantities.
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	for suffix, m := range map[string]int64{"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30} {
-		if n, ok := strings.CutSuffix(s, suffix); ok {
-			s, mult = n, m
-			break
-		}
+// parseQuantity parses a Kubernetes quantity ("1Mi", "65536") into bytes.
+func parseQuantity(s string) (int64, error) {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: %w: %w", s, volume.ErrInvalid, err)
 	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("size %q: %w", s, volume.ErrInvalid)
+	n, exact := q.AsInt64()
+	if !exact || n <= 0 {
+		return 0, fmt.Errorf("size %q is not a positive whole number of bytes: %w", s, volume.ErrInvalid)
 	}
-	return n * mult, nil
+	return n, nil
 }
 
 func checkCapacityRange(r *csi.CapacityRange) error {
@@ -152,13 +150,4 @@ func topologyAllows(req *csi.TopologyRequirement, nodeID string) bool {
 		}
 	}
 	return false
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }

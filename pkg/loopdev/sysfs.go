@@ -11,35 +11,26 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // List returns every attached loop device, ordered by number. It reads sysfs
 // only, so it neither opens device nodes nor races with attach/detach into
-// errors: a device that detaches while being read is simply left out.
+// errors: a device that detaches (or is removed) while being read is left
+// out.
 func List() ([]Info, error) {
-	entries, err := os.ReadDir(sysBlockDir)
-	if err != nil {
-		return nil, fmt.Errorf("loopdev: list %s: %w", sysBlockDir, err)
-	}
-	var infos []Info
-	for _, e := range entries {
-		n, ok := parseLoopName(e.Name())
-		if !ok {
-			continue
-		}
-		info, err := statusByNumber(n)
-		if errors.Is(err, ErrNotAttached) || errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		infos = append(infos, info)
-	}
-	slices.SortFunc(infos, func(a, b Info) int { return a.Number - b.Number })
-	return infos, nil
+	return kernelSysfs().list(func(string) bool { return true })
+}
+
+// ListUnder returns the attached loop devices whose backing file lies below
+// dir, ordered by number. Of every other device it reads only the backing
+// file's name, so it looks at nothing that is not ours and cannot fail
+// because of a device another process detaches meanwhile.
+func ListUnder(dir string) ([]Info, error) {
+	prefix := filepath.Clean(dir) + "/"
+	return kernelSysfs().list(func(backing string) bool { return strings.HasPrefix(backing, prefix) })
 }
 
 // Status describes the loop device at path. It returns ErrNotAttached if the
@@ -52,31 +43,107 @@ func Status(path string) (Info, error) {
 	return statusByNumber(dev.Number)
 }
 
-// statusByNumber reads /sys/block/loopN. The loop/ subdirectory exists only
-// while a backing file is bound, which is how "not attached" is detected.
-func statusByNumber(n int) (Info, error) {
-	dev := deviceForNumber(n)
-	base := filepath.Join(sysBlockDir, "loop"+strconv.Itoa(n))
-	backing, err := readSysfs(base, "loop/backing_file")
-	if errors.Is(err, fs.ErrNotExist) {
-		if _, statErr := os.Stat(base); statErr != nil {
-			return Info{}, fmt.Errorf("loopdev: %s: %w", dev.Path, ErrNotFound)
+func statusByNumber(n int) (Info, error) { return kernelSysfs().status(n) }
+
+// sysfs reads loop device state below a /sys/block directory. read is the
+// file reader; tests substitute both to replay the kernel's races.
+type sysfs struct {
+	root string
+	read func(path string) ([]byte, error)
+}
+
+func kernelSysfs() sysfs { return sysfs{root: sysBlockDir, read: os.ReadFile} }
+
+// statusAttempts bounds the re-reads of a device that is being attached or
+// detached while it is read (the kernel adds and removes the loop/
+// attributes one by one).
+const statusAttempts = 5
+
+// list returns the attached devices whose backing file (as the kernel
+// reports it, " (deleted)" removed) satisfies match.
+func (s sysfs) list(match func(backing string) bool) ([]Info, error) {
+	entries, err := os.ReadDir(s.root)
+	if err != nil {
+		return nil, fmt.Errorf("loopdev: list %s: %w", s.root, err)
+	}
+	var infos []Info
+	for _, e := range entries {
+		n, ok := parseLoopName(e.Name())
+		if !ok {
+			continue
 		}
-		return Info{}, fmt.Errorf("loopdev: %s: %w", dev.Path, ErrNotAttached)
+		backing, err := s.attr(n, "loop/backing_file")
+		if err != nil {
+			continue // not attached, or detached since ReadDir: not a device to report
+		}
+		if b, _ := strings.CutSuffix(backing, deletedSuffix); !match(b) {
+			continue
+		}
+		info, err := s.status(n)
+		if errors.Is(err, ErrNotAttached) || errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, info)
+	}
+	slices.SortFunc(infos, func(a, b Info) int { return a.Number - b.Number })
+	return infos, nil
+}
+
+// status reads /sys/block/loopN. The loop/ subdirectory exists only while a
+// backing file is bound, which is how "not attached" is detected. A device
+// that is being detached or bound again while it is read (an attribute
+// vanishes, or the backing file changes between the first and the last
+// read) is read again; one that never holds still is reported as not
+// attached: it has no attachment that could be described.
+func (s sysfs) status(n int) (Info, error) {
+	var err error
+	for attempt := range statusAttempts {
+		var info Info
+		info, err = s.readStatus(n)
+		if !errors.Is(err, errChanged) {
+			return info, err
+		}
+		if gone := s.attached(n); gone != nil {
+			return Info{}, gone
+		}
+		time.Sleep(time.Duration(attempt+1) * time.Millisecond)
+	}
+	return Info{}, fmt.Errorf("%w: %w", ErrNotAttached, err)
+}
+
+// errChanged: the device was detached or bound again while it was read.
+var errChanged = errors.New("loop device changed while it was read")
+
+// vanished tells the errors of reading an attribute the kernel is removing.
+func vanished(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO)
+}
+
+func (s sysfs) readStatus(n int) (Info, error) {
+	dev := deviceForNumber(n)
+	backing, err := s.attr(n, "loop/backing_file")
+	if vanished(err) {
+		if gone := s.attached(n); gone != nil {
+			return Info{}, gone
+		}
+		err = fmt.Errorf("%w: %w", errChanged, err)
 	}
 	if err != nil {
-		return Info{}, err
+		return Info{}, fmt.Errorf("loopdev: %s: read sysfs: %w", dev.Path, err)
 	}
 	info := Info{Device: dev}
 	info.BackingFile, info.BackingDeleted = strings.CutSuffix(backing, deletedSuffix)
 	var errs []error
 	flag := func(name string) bool {
-		v, err := readSysfs(base, name)
+		v, err := s.attr(n, name)
 		errs = append(errs, err)
 		return v == "1"
 	}
 	num := func(name string) uint64 {
-		v, err := readSysfs(base, name)
+		v, err := s.attr(n, name)
 		var u uint64
 		if err == nil {
 			u, err = strconv.ParseUint(v, 10, 64)
@@ -91,15 +158,35 @@ func statusByNumber(n int) (Info, error) {
 	info.BlockSize = uint32(num("queue/logical_block_size"))
 	info.Offset = num("loop/offset")
 	info.SizeLimit = num("loop/sizelimit")
-	if err := errors.Join(errs...); err != nil {
-		// Most likely the device was detached between the reads.
+	if again, err := s.attr(n, "loop/backing_file"); err != nil || again != backing {
+		errs = append(errs, fmt.Errorf("%w: backing file %q, now %q (%v)", errChanged, backing, again, err))
+	}
+	err = errors.Join(errs...)
+	if err != nil && slices.ContainsFunc(errs, func(e error) bool { return e != nil && vanished(e) }) {
+		err = fmt.Errorf("%w: %w", errChanged, err)
+	}
+	if err != nil {
 		return Info{}, fmt.Errorf("loopdev: %s: read sysfs: %w", dev.Path, err)
 	}
 	return info, nil
 }
 
-func readSysfs(base, name string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(base, name))
+// attached returns ErrNotFound when loopN does not exist, ErrNotAttached
+// when it has no backing file, and nil when it is attached.
+func (s sysfs) attached(n int) error {
+	dev := deviceForNumber(n)
+	base := filepath.Join(s.root, "loop"+strconv.Itoa(n))
+	if _, err := s.read(filepath.Join(base, "loop", "backing_file")); !vanished(err) {
+		return nil
+	}
+	if _, err := os.Stat(base); err != nil {
+		return fmt.Errorf("loopdev: %s: %w", dev.Path, ErrNotFound)
+	}
+	return fmt.Errorf("loopdev: %s: %w", dev.Path, ErrNotAttached)
+}
+
+func (s sysfs) attr(n int, name string) (string, error) {
+	b, err := s.read(filepath.Join(s.root, "loop"+strconv.Itoa(n), name))
 	if err != nil {
 		return "", err
 	}

@@ -58,6 +58,10 @@ type Server struct {
 	notified   bool
 	registered bool
 	lastErr    error
+
+	// csiNotReady, when set (tests), is called each time Run found the CSI
+	// socket not accepting connections yet.
+	csiNotReady func()
 }
 
 // New checks cfg and fills in defaults; it does not listen.
@@ -152,7 +156,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 // until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.CSISocket != "" {
-		if err := waitForSocket(ctx, strings.TrimPrefix(s.cfg.CSISocket, "unix://")); err != nil {
+		if err := s.waitForSocket(ctx, strings.TrimPrefix(s.cfg.CSISocket, "unix://")); err != nil {
 			return err
 		}
 	}
@@ -174,7 +178,7 @@ func stopWithin(srv *grpc.Server, timeout time.Duration) {
 }
 
 // waitForSocket polls until a unix socket accepts a connection or ctx ends.
-func waitForSocket(ctx context.Context, path string) error {
+func (s *Server) waitForSocket(ctx context.Context, path string) error {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -182,6 +186,9 @@ func waitForSocket(ctx context.Context, path string) error {
 		if err == nil {
 			conn.Close()
 			return nil
+		}
+		if s.csiNotReady != nil {
+			s.csiNotReady()
 		}
 		select {
 		case <-ctx.Done():

@@ -163,10 +163,22 @@ func TestRunWaitsForCSISocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Run offers its socket only after a dial of the CSI socket succeeded;
+	// once it has reported two failed dials it is waiting, and with the CSI
+	// socket still absent no later dial can succeed: the registration socket
+	// must not exist now, whatever the timing.
+	notReady := make(chan struct{})
+	s.csiNotReady = func() {
+		select {
+		case notReady <- struct{}{}:
+		default: // nobody waits any more
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	time.Sleep(300 * time.Millisecond)
+	<-notReady
+	<-notReady
 	if _, err := os.Stat(s.SocketPath()); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("registration socket offered before the CSI socket: %v", err)
 	}

@@ -30,6 +30,12 @@ func (m *Manager) DeleteVolume(ctx context.Context, id string) error {
 		return err
 	}
 	dir := m.volDir(id)
+	// Not attached: this removes what a serving process that died or failed
+	// to start left (runtime directory, FUSE mount, loop device), so nothing
+	// of the volume outlives it; it refuses while a process holds the image.
+	if err := m.attacher.Detach(ctx, dir); err != nil {
+		return fmt.Errorf("volume %s: clean up its serving process's leftovers: %w", id, err)
+	}
 	chain, cerr := m.store.ChainFiles(ctx, dir)
 	if cerr != nil {
 		// Without the chain we cannot collect now; the sweep will, since it works

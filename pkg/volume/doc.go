@@ -8,7 +8,8 @@
 //	<root>/deltas/<hex32>.hds                   pool of delta files shared by volumes and snapshots
 //	<root>/meta/volumes/<volID>.json            committed volume record (name, capacity, parameters, source)
 //	<root>/meta/snapshots/<snapID>.json         committed snapshot record (name, source volume, frozen chain)
-//	<root>/meta/staged/<volID>.json             node-side record: volume is staged (path, block, device)
+//	<root>/meta/staged/<volID>.json             node-side record: volume is staged (path, block, fs, flags)
+//	<root>/meta/published/<volID>/<hash>.json   node-side record per published target (path, bind options)
 //
 // Volume IDs are "vol-" + 32 hex digits, snapshot IDs "snap-" + 32 hex digits, delta
 // files 32 hex digits + ".hds". Every ID arriving from a request is checked against
@@ -21,9 +22,24 @@
 // crash at any point leaves at worst unreferenced files: volume dirs without metadata and
 // deltas referenced neither by a committed volume's descriptor nor by a snapshot record.
 // Sweep (run by Open) removes exactly those. Metadata writes are atomic: temp file,
-// fsync, rename, fsync of the directory.
+// fsync, rename, fsync of the directory (pkg/durable).
 //
 // Creators hold the GC lock shared for the whole operation and Sweep holds it
 // exclusively, so a sweep never sees the not-yet-committed files of an in-flight create.
 // Everything else is serialized per volume/snapshot ID or per name with keyed locks.
+//
+// # Node records
+//
+// Set-up records before it acts (NodeStage writes the staged record before it
+// attaches, NodePublish the target's record before it binds, and removes it again
+// if the bind fails); teardown only removes records (one file per published target,
+// so NodeUnpublish never rewrites a list), so it works on a full disk. A retried
+// NodeStage redoes every step: a staging mount counts only if it is a mount of the
+// volume's current device, and the filesystem grow is checked each time.
+//
+// # Defence in depth
+//
+// A volume's descriptor may only name regular files in the pool or in the volume's
+// own directory; anything else makes it ErrCorrupt before anything attaches,
+// snapshots, clones or grows it.
 package volume

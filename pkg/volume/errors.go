@@ -16,4 +16,12 @@ var (
 	ErrResourceExhausted = errors.New("resource exhausted")
 	// ErrBadToken: a pagination token this manager did not produce (CSI: ABORTED).
 	ErrBadToken = errors.New("invalid pagination token")
+	// ErrCorrupt: the volume's image is corrupt, e.g. its descriptor names
+	// a delta file outside the storage root. Nothing attaches, snapshots or
+	// grows it; an operator checks it (csi-ploop image check).
+	ErrCorrupt = errors.New("corrupt volume")
+	// ErrVolumeFailed: the volume's data path failed (a sync of a delta
+	// failed, or its FUSE connection was aborted): writes may have been
+	// lost, and everything but teardown fails until it is staged again.
+	ErrVolumeFailed = errors.New("volume failed")
 )

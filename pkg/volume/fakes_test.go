@@ -173,13 +173,15 @@ type fakeAttacher struct {
 	mu        sync.Mutex
 	store     *fakeStore
 	attached  map[string]string
+	failures  map[string]string // dir -> why its data path failed
+	detachErr error             // returned by Detach when set
 	snapshots int
 	grows     int
 	next      int
 }
 
 func newFakeAttacher(s *fakeStore) *fakeAttacher {
-	return &fakeAttacher{store: s, attached: map[string]string{}}
+	return &fakeAttacher{store: s, attached: map[string]string{}, failures: map[string]string{}}
 }
 
 func (a *fakeAttacher) Attach(_ context.Context, dir string) (string, error) {
@@ -200,8 +202,17 @@ func (a *fakeAttacher) Attach(_ context.Context, dir string) (string, error) {
 func (a *fakeAttacher) Detach(_ context.Context, dir string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.detachErr != nil {
+		return a.detachErr
+	}
 	delete(a.attached, dir)
 	return nil
+}
+
+func (a *fakeAttacher) Health(_ context.Context, dir string) (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.failures[dir], nil
 }
 
 func (a *fakeAttacher) Attached(_ context.Context, dir string) (string, bool, error) {
@@ -238,11 +249,17 @@ type fakeMounter struct {
 	resized   []string
 	// needResize marks devices whose filesystem is smaller than the device.
 	needResize map[string]bool
+	// resizeErr makes ResizeFs of a device fail (no CAP_SYS_RESOURCE...).
+	resizeErr map[string]error
+	// grownOffline lists the devices GrowUnmounted grew.
+	grownOffline []string
+	// offline marks devices whose filesystem can grow unmounted (ext4).
+	offline map[string]bool
 }
 
 func newFakeMounter() *fakeMounter {
 	return &fakeMounter{mounts: map[string]string{}, options: map[string][]string{}, formatted: map[string]string{},
-		needResize: map[string]bool{}}
+		needResize: map[string]bool{}, resizeErr: map[string]error{}, offline: map[string]bool{}}
 }
 
 func (f *fakeMounter) FormatAndMount(ctx context.Context, source, target, fsType string, options []string) error {
@@ -288,7 +305,38 @@ func (f *fakeMounter) NeedResize(_ context.Context, dev, _ string) (bool, error)
 func (f *fakeMounter) ResizeFs(_ context.Context, dev, path string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.resizeErr[dev]; err != nil {
+		return err
+	}
 	f.resized = append(f.resized, dev+"@"+path)
+	f.needResize[dev] = false
+	return nil
+}
+
+// MountedFrom: a bind mount of a mount of dev counts, like a shared superblock.
+func (f *fakeMounter) MountedFrom(_ context.Context, path, dev string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for src, ok := f.mounts[path]; ok; src, ok = f.mounts[src] {
+		if src == dev {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (f *fakeMounter) GrowUnmounted(_ context.Context, dev string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, src := range f.mounts {
+		if src == dev {
+			return fmt.Errorf("fake: %s is mounted", dev)
+		}
+	}
+	if f.offline[dev] && f.needResize[dev] {
+		f.grownOffline = append(f.grownOffline, dev)
+		f.needResize[dev] = false
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -38,7 +39,7 @@ func (m *Manager) ListVolumes(_ context.Context, token string, maxEntries int) (
 		all = append(all, r.public())
 	}
 	m.mu.Unlock()
-	slices.SortFunc(all, func(a, b Volume) int { return compareStrings(a.ID, b.ID) })
+	slices.SortFunc(all, func(a, b Volume) int { return strings.Compare(a.ID, b.ID) })
 	page, next := paginate(all, func(v Volume) string { return v.ID }, token, maxEntries)
 	return page, next, nil
 }
@@ -64,25 +65,15 @@ func (m *Manager) ListSnapshots(_ context.Context, f SnapshotFilter, token strin
 		}
 	}
 	m.mu.Unlock()
-	slices.SortFunc(all, func(a, b Snapshot) int { return compareStrings(a.ID, b.ID) })
+	slices.SortFunc(all, func(a, b Snapshot) int { return strings.Compare(a.ID, b.ID) })
 	page, next := paginate(all, func(s Snapshot) string { return s.ID }, token, maxEntries)
 	return page, next, nil
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // paginate returns the entries with key >= token (at most maxEntries of them) and the
 // key of the first entry of the following page, "" when there is none.
 func paginate[T any](sorted []T, key func(T) string, token string, maxEntries int) ([]T, string) {
-	start, _ := slices.BinarySearchFunc(sorted, token, func(e T, t string) int { return compareStrings(key(e), t) })
+	start, _ := slices.BinarySearchFunc(sorted, token, func(e T, t string) int { return strings.Compare(key(e), t) })
 	rest := sorted[start:]
 	if maxEntries <= 0 || len(rest) <= maxEntries {
 		return rest, ""

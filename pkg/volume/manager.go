@@ -85,6 +85,9 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 	if err := m.load(); err != nil {
 		return nil, err
 	}
+	if err := m.migrateStagedRecords(); err != nil {
+		klog.FromContext(ctx).Error(err, "Staged records of an earlier version not migrated; they are read as they are", "root", root)
+	}
 	if opts.Mounter != nil {
 		if err := m.Reconcile(ctx); err != nil {
 			// Volumes that cannot be recovered stay staged; their I/O fails
@@ -106,7 +109,7 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 func (m *Manager) Root() string { return m.root }
 
 func (m *Manager) makeLayout() error {
-	for _, d := range []string{m.volumesDir(), m.deltasDir(), m.volMetaDir(), m.snapMetaDir(), m.stagedDir()} {
+	for _, d := range []string{m.volumesDir(), m.deltasDir(), m.volMetaDir(), m.snapMetaDir(), m.stagedDir(), m.publishedDir()} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
 		}

@@ -137,13 +137,17 @@ func TestRestartKnowsEverything(t *testing.T) {
 func TestOpenDropsTempFiles(t *testing.T) {
 	e := newEnv(t)
 	v := e.create(t, "a", MiB)
-	tmp := e.m.volMetaPath(v.ID) + tmpMarker + "deadbeef"
-	if err := os.WriteFile(tmp, []byte("{"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e.reopen(t)
-	if _, err := os.Stat(tmp); !isNotExist(err) {
-		t.Fatalf("temp record survived Open: %v", err)
+	for _, tmp := range []string{
+		e.m.volMetaPath(v.ID) + ".tmp",          // pkg/durable's temp file
+		e.m.volMetaPath(v.ID) + ".tmp-deadbeef", // an earlier version's
+	} {
+		if err := os.WriteFile(tmp, []byte("{"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e.reopen(t)
+		if _, err := os.Stat(tmp); !isNotExist(err) {
+			t.Fatalf("temp record survived Open: %v", err)
+		}
 	}
 }
 

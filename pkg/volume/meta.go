@@ -2,12 +2,13 @@ package volume
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/csi-ploop/csi-ploop/pkg/durable"
 )
 
 // volumeRecord is <root>/meta/volumes/<id>.json. Its existence is the volume's
@@ -39,91 +40,55 @@ type snapshotRecord struct {
 	CreatedAt     time.Time `json:"createdAt"`
 }
 
-// stagedRecord is <root>/meta/staged/<volID>.json, written by NodeStage. It makes
-// DeleteVolume refuse staged volumes even when the attacher is not reachable.
+// stagedRecord is <root>/meta/staged/<volID>.json, written by NodeStage before
+// it attaches and removed by NodeUnstage after it detached. It makes DeleteVolume
+// refuse staged volumes even when the attacher is not reachable, and lets the
+// startup reconcile stage the volume again.
 type stagedRecord struct {
 	VolumeID    string `json:"volumeID"`
 	StagingPath string `json:"stagingPath"`
 	Block       bool   `json:"block"`
-	Device      string `json:"device"`
+	// Device is the loop device last staged; informational (the serving
+	// process is asked for the current one).
+	Device string `json:"device,omitempty"`
 	// FsType and MountFlags of the staging mount, to mount it again after
 	// the serving process was lost.
 	FsType     string   `json:"fsType,omitempty"`
 	MountFlags []string `json:"mountFlags,omitempty"`
-	// Targets are where the volume is published: SINGLE_NODE_SINGLE_WRITER
-	// refuses a second one, and a recovered volume is bound there again.
-	Targets []publishedTarget `json:"targets,omitempty"`
+	// LegacyTargets is how records written before per-target records listed
+	// the published targets. Open moves them to published records; they are
+	// only read.
+	LegacyTargets []publishedTarget `json:"targets,omitempty"`
 }
 
-// publishedTarget is one NodePublish target with the options it was bound with.
+// publishedTarget is <root>/meta/published/<volID>/<sha256(path)[:32]>.json: one
+// NodePublish target with the options it was bound with. One file per target, so
+// that NodeUnpublish removes a record instead of rewriting a list: teardown never
+// needs free space. SINGLE_NODE_SINGLE_WRITER refuses a second target, and a
+// recovered volume is bound at every target again.
 type publishedTarget struct {
 	Path    string   `json:"path"`
 	Options []string `json:"options"`
 }
 
-const tmpMarker = ".tmp-"
-
 // writeJSONAtomic replaces path with v so that a crash leaves either the old or the
-// new content, never a torn file: temp file, fsync, rename, fsync dir.
+// new content, never a torn file (pkg/durable: temp file, fsync, rename, fsync dir).
+// Set-up paths only: it needs free space. Teardown removes records (removeDurable).
 func writeJSONAtomic(path string, v any) error {
 	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", path, err)
 	}
-	suffix, err := randomHex()
-	if err != nil {
-		return err
-	}
-	tmp := path + tmpMarker + suffix[:8]
-	if err := writeSynced(tmp, data); err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("commit %s: %w", path, err)
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func writeSynced(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", path, err)
-	}
-	return nil
+	return durable.WriteFile(durable.OS{}, path, data)
 }
 
 // removeDurable deletes path (absent is fine) and fsyncs its directory, so the
-// removal of a commit record survives a crash.
+// removal of a commit record survives a crash. It needs no free space.
 func removeDurable(path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", path, err)
+	if _, err := os.Stat(filepath.Dir(path)); isNotExist(err) {
+		return nil // neither the directory nor the record exists
 	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open dir %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	return nil
+	return durable.Remove(durable.OS{}, path)
 }
 
 func readJSON(path string, v any) error {
@@ -147,7 +112,7 @@ func listRecords(dir string, valid func(string) bool) ([]string, error) {
 	var ids []string
 	for _, e := range entries {
 		name := e.Name()
-		if strings.Contains(name, tmpMarker) {
+		if isTempRecord(name) {
 			_ = os.Remove(filepath.Join(dir, name))
 			continue
 		}
@@ -157,4 +122,10 @@ func listRecords(dir string, valid func(string) bool) ([]string, error) {
 		}
 	}
 	return ids, nil
+}
+
+// isTempRecord tells leftovers of interrupted record writes: pkg/durable's
+// "<id>.json.tmp" and the ".tmp-<hex>" names of earlier versions.
+func isTempRecord(name string) bool {
+	return strings.HasSuffix(name, durable.TempSuffix) || strings.Contains(name, ".tmp-")
 }

@@ -1,12 +1,15 @@
 package volume
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+
+	"k8s.io/klog/v2"
 )
 
 // StageRequest is NodeStageVolume after CSI validation.
@@ -54,17 +57,6 @@ func (m *Manager) nodeVolume(id string) (*volumeRecord, error) {
 	return rec, nil
 }
 
-func (m *Manager) staged(id string) (*stagedRecord, bool, error) {
-	rec := &stagedRecord{}
-	if err := readJSON(m.stagedPath(id), rec); err != nil {
-		if isNotExist(err) {
-			return nil, false, nil
-		}
-		return nil, false, err
-	}
-	return rec, true, nil
-}
-
 func (m *Manager) lockNode(ctx context.Context, id string) (*volumeRecord, func(), error) {
 	if m.mounter == nil {
 		return nil, nil, fmt.Errorf("node operations need a Mounter: %w", ErrFailedPrecondition)
@@ -85,7 +77,10 @@ func (m *Manager) lockNode(ctx context.Context, id string) (*volumeRecord, func(
 }
 
 // NodeStage attaches the volume; a mount volume is formatted if blank and mounted at
-// the staging path. Idempotent.
+// the staging path, and its filesystem grown to the volume size. Idempotent, and
+// every step is redone by a retry until it has succeeded: a mount that exists is
+// not taken as done unless it is a mount of the volume's current device, and the
+// grow is checked again each time.
 func (m *Manager) NodeStage(ctx context.Context, req StageRequest) error {
 	rec, unlock, err := m.lockNode(ctx, req.VolumeID)
 	if err != nil {
@@ -95,6 +90,9 @@ func (m *Manager) NodeStage(ctx context.Context, req StageRequest) error {
 	if rec == nil {
 		return fmt.Errorf("volume %s: %w", req.VolumeID, ErrNotFound)
 	}
+	if _, err := m.checkChain(ctx, rec.ID); err != nil {
+		return err
+	}
 	prev, ok, err := m.staged(rec.ID)
 	if err != nil {
 		return err
@@ -102,39 +100,84 @@ func (m *Manager) NodeStage(ctx context.Context, req StageRequest) error {
 		return fmt.Errorf("volume %s already staged at %s (block=%v): %w",
 			rec.ID, prev.StagingPath, prev.Block, ErrAlreadyExists)
 	}
+	st := &stagedRecord{VolumeID: rec.ID, StagingPath: req.StagingPath, Block: req.Block,
+		FsType: cmp.Or(req.FsType, rec.FsType, "ext4"), MountFlags: req.MountFlags}
+	if ok {
+		st.Device, st.LegacyTargets = prev.Device, prev.LegacyTargets
+	}
+	if !ok || !sameStaging(prev, st) {
+		// Recorded before anything is attached or mounted: a crash or a failure
+		// from here on leaves a record that unstage, delete and reconcile see.
+		if err := writeJSONAtomic(m.stagedPath(rec.ID), st); err != nil {
+			return err
+		}
+	}
 	dev, err := m.attacher.Attach(ctx, m.volDir(rec.ID))
 	if err != nil {
 		return fmt.Errorf("attach volume %s: %w", rec.ID, err)
 	}
 	if !req.Block {
-		if err := m.mountStaging(ctx, rec, dev, req); err != nil {
+		if err := m.stageFilesystem(ctx, dev, st); err != nil {
 			return err
 		}
 	}
-	st := &stagedRecord{VolumeID: rec.ID, StagingPath: req.StagingPath, Block: req.Block, Device: dev,
-		FsType: firstNonEmpty(req.FsType, rec.FsType, "ext4"), MountFlags: req.MountFlags}
-	if ok {
-		st.Targets = prev.Targets // a repeated stage keeps what is published
+	if st.Device == dev {
+		return nil
 	}
+	st.Device = dev
 	return writeJSONAtomic(m.stagedPath(rec.ID), st)
 }
 
-func (m *Manager) mountStaging(ctx context.Context, rec *volumeRecord, dev string, req StageRequest) error {
-	mounted, err := m.mounter.IsMountPoint(ctx, req.StagingPath)
-	if err != nil || mounted {
-		return err
-	}
-	if err := os.MkdirAll(req.StagingPath, 0o750); err != nil {
-		return fmt.Errorf("staging dir: %w", err)
-	}
-	fsType := firstNonEmpty(req.FsType, rec.FsType, "ext4")
-	if err := m.mounter.FormatAndMount(ctx, dev, req.StagingPath, fsType, stageOptions(fsType, req.MountFlags)); err != nil {
-		return fmt.Errorf("format and mount %s (%s) at %s: %w", dev, fsType, req.StagingPath, err)
-	}
-	return m.growToDevice(ctx, dev, req.StagingPath)
+func sameStaging(a, b *stagedRecord) bool {
+	return a.StagingPath == b.StagingPath && a.Block == b.Block && a.FsType == b.FsType &&
+		slices.Equal(a.MountFlags, b.MountFlags)
 }
 
-// growToDevice grows a filesystem that is smaller than its device: a volume
+// stageFilesystem makes the staging path a mount of dev's filesystem at the
+// volume's size. A mount of another device (one lost with a dead serving process)
+// is replaced. A filesystem smaller than the device (restore or clone into a larger
+// volume, expansion while unstaged) is grown before it is mounted where the
+// filesystem can grow offline (ext4), and after mounting otherwise (xfs); a failed
+// grow unmounts again, so that the retry redoes the whole step.
+func (m *Manager) stageFilesystem(ctx context.Context, dev string, st *stagedRecord) error {
+	path := st.StagingPath
+	mounted, err := m.mounter.IsMountPoint(ctx, path)
+	if err != nil {
+		return fmt.Errorf("check mount %s: %w", path, err)
+	}
+	if mounted {
+		ours, err := m.mounter.MountedFrom(ctx, path, dev)
+		if err != nil {
+			return fmt.Errorf("check mount %s: %w", path, err)
+		}
+		if ours {
+			return m.growToDevice(ctx, dev, path)
+		}
+		klog.FromContext(ctx).Info("Staging path is a mount of another device; mounting the volume's device there again",
+			"volumeID", st.VolumeID, "path", path, "device", dev)
+		if err := m.mounter.Unmount(ctx, path); err != nil {
+			return fmt.Errorf("unmount stale staging mount %s: %w", path, err)
+		}
+	}
+	if err := os.MkdirAll(path, 0o750); err != nil {
+		return fmt.Errorf("staging dir: %w", err)
+	}
+	if err := m.mounter.GrowUnmounted(ctx, dev); err != nil {
+		return fmt.Errorf("grow the filesystem of %s to the volume size: %w", dev, err)
+	}
+	if err := m.mounter.FormatAndMount(ctx, dev, path, st.FsType, stageOptions(st.FsType, st.MountFlags)); err != nil {
+		return fmt.Errorf("format and mount %s (%s) at %s: %w", dev, st.FsType, path, err)
+	}
+	if err := m.growToDevice(ctx, dev, path); err != nil {
+		if uerr := m.mounter.Unmount(ctx, path); uerr != nil {
+			return errors.Join(err, fmt.Errorf("roll back the staging mount: %w", uerr))
+		}
+		return err
+	}
+	return nil
+}
+
+// growToDevice grows a mounted filesystem that is smaller than its device: a volume
 // restored or cloned into a larger capacity carries the source's smaller
 // filesystem, and the user asked for the larger size.
 func (m *Manager) growToDevice(ctx context.Context, dev, path string) error {
@@ -158,8 +201,9 @@ func stageOptions(fsType string, flags []string) []string {
 	return append(slices.Clone(flags), "nouuid")
 }
 
-// NodeUnstage unmounts the staging path and detaches. Idempotent; ErrNotFound only
-// when the volume neither exists nor is staged.
+// NodeUnstage unmounts the staging path, detaches and removes the volume's node
+// records. Idempotent; ErrNotFound only when the volume neither exists nor is
+// staged. It needs no free space in the storage root: it only removes records.
 func (m *Manager) NodeUnstage(ctx context.Context, id, stagingPath string) error {
 	rec, unlock, err := m.lockNode(ctx, id)
 	if err != nil {
@@ -179,7 +223,7 @@ func (m *Manager) NodeUnstage(ctx context.Context, id, stagingPath string) error
 	if err := m.attacher.Detach(ctx, m.volDir(id)); err != nil {
 		return fmt.Errorf("detach volume %s: %w", id, err)
 	}
-	return removeDurable(m.stagedPath(id))
+	return m.forgetVolume(id)
 }
 
 func (m *Manager) unmountIfMounted(ctx context.Context, path string) error {
@@ -193,15 +237,6 @@ func (m *Manager) unmountIfMounted(ctx context.Context, path string) error {
 		}
 	}
 	return nil
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // ensureTarget creates the publish target: a directory for a filesystem, an empty

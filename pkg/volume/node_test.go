@@ -39,7 +39,7 @@ func TestNodeMountLifecycle(t *testing.T) {
 	if err != nil || st.TotalBytes != 100 || st.Abnormal {
 		t.Fatalf("stats %+v %v", st, err)
 	}
-	if got, err := e.m.NodeExpand(ctx, v.ID, target, false); err != nil || got != MiB || len(e.mnt.resized) != 1 {
+	if got, err := e.m.NodeExpand(ctx, NodeExpandRequest{VolumeID: v.ID, Path: target}); err != nil || got != MiB || len(e.mnt.resized) != 1 {
 		t.Fatalf("expand %d %v %v", got, err, e.mnt.resized)
 	}
 	for range 2 {
@@ -93,7 +93,7 @@ func TestNodeBlockLifecycle(t *testing.T) {
 	}
 	pub.Block = false
 	wantErr(t, e.m.NodePublish(ctx, pub), ErrInvalid)
-	if got, err := e.m.NodeExpand(ctx, v.ID, target, true); err != nil || got != 2*MiB {
+	if got, err := e.m.NodeExpand(ctx, NodeExpandRequest{VolumeID: v.ID, Path: target}); err != nil || got != 2*MiB {
 		t.Fatalf("block expand %d %v", got, err)
 	}
 }
@@ -110,7 +110,7 @@ func TestNodeErrors(t *testing.T) {
 	if err != nil || !st.Abnormal {
 		t.Fatalf("unmounted path stats %+v %v", st, err)
 	}
-	_, err = e.m.NodeExpand(ctx, v.ID, dir, false)
+	_, err = e.m.NodeExpand(ctx, NodeExpandRequest{VolumeID: v.ID, Path: dir})
 	wantErr(t, err, ErrFailedPrecondition)
 	_, err = e.m.NodeStats(ctx, "vol-"+hex32, dir)
 	wantErr(t, err, ErrNotFound)

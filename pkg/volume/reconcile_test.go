@@ -42,8 +42,9 @@ func TestReconcileReattachesVolumesWhoseServerDied(t *testing.T) {
 	if !ok || e.mnt.mounts[blockTarget] != newBlockDev {
 		t.Fatalf("block target not bound to the new device %q: %v", newBlockDev, e.mnt.mounts)
 	}
-	if st, _, _ := e.m.staged(fsVol.ID); st.Device != newFsDev || len(st.Targets) != 1 {
-		t.Fatalf("staged record not updated: %+v", st)
+	st, _, _ := e.m.staged(fsVol.ID)
+	if targets, _ := e.m.targets(fsVol.ID, st); st.Device != newFsDev || len(targets) != 1 {
+		t.Fatalf("staged record not updated: %+v, targets %v", st, targets)
 	}
 }
 

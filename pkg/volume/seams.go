@@ -44,6 +44,10 @@ type Attacher interface {
 	// rewrites the descriptor itself.
 	Snapshot(ctx context.Context, volDir, newDeltaFile string) (frozenGUID string, err error)
 	Grow(ctx context.Context, volDir string, size int64) error
+	// Health returns why an attached volume failed ("" when it is healthy or
+	// not attached): a failed sync of a delta makes every later write, flush
+	// and snapshot fail until it is detached, checked and attached again.
+	Health(ctx context.Context, volDir string) (failure string, err error)
 }
 
 // FsStats is what NodeGetVolumeStats reports for a mounted filesystem.
@@ -61,6 +65,14 @@ type Mounter interface {
 	Unmount(ctx context.Context, target string) error
 	// IsMountPoint reports false (no error) when target does not exist.
 	IsMountPoint(ctx context.Context, target string) (bool, error)
+	// MountedFrom reports whether path is a mount point of the filesystem on
+	// the block device devicePath (bind mounts of it included), as opposed to
+	// not mounted, or mounted from another (e.g. a lost) device.
+	MountedFrom(ctx context.Context, path, devicePath string) (bool, error)
+	// GrowUnmounted grows the filesystem on the unmounted devicePath to the
+	// device size if it is smaller and can grow offline (ext4: needs no
+	// CAP_SYS_RESOURCE, unlike an online grow). Anything else is left as it is.
+	GrowUnmounted(ctx context.Context, devicePath string) error
 	// ResizeFs grows the filesystem on devicePath mounted at mountPath to the device size.
 	ResizeFs(ctx context.Context, devicePath, mountPath string) error
 	// NeedResize reports whether the filesystem on devicePath (mounted at

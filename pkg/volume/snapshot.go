@@ -101,6 +101,9 @@ func (m *Manager) allocated(ctx context.Context, chain []string, capacity int64)
 // freezeVolume makes the volume's current top read-only and returns the frozen chain
 // (absolute paths, bottom..top). The caller holds the volume key and the GC read lock.
 func (m *Manager) freezeVolume(ctx context.Context, volID string) ([]string, string, error) {
+	if _, err := m.checkChain(ctx, volID); err != nil {
+		return nil, "", err
+	}
 	delta, err := newDeltaName()
 	if err != nil {
 		return nil, "", err

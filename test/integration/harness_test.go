@@ -1,12 +1,14 @@
 package integration
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +22,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(loopChurnEnv); dir != "" {
+		os.Exit(churnLoopDevices(dir)) // the helper process of TestConcurrentOperations
+	}
 	os.Exit(runMain(m))
 }
 
@@ -47,6 +52,7 @@ func runMain(m *testing.M) int {
 type harness struct {
 	t       *testing.T
 	tmp     string // everything lives under here
+	nodeID  string
 	root    string
 	runDir  string
 	sock    string
@@ -62,18 +68,36 @@ type harness struct {
 
 	published map[string]string // target -> volume ID
 	staged    map[string]string // staging path -> volume ID
+	// fuseConns are the FUSE connections (fusectl names) of serving
+	// processes this driver started, seen while they were mounted.
+	fuseMu    sync.Mutex
+	fuseConns map[string]bool
+}
+
+// harnessOptions change newHarness's defaults.
+type harnessOptions struct {
+	nodeID string // default nodeID
+	// root is the storage root; default tmp/root. A test that puts it on a
+	// filesystem of its own creates that first.
+	root string
 }
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newHarnessWith(t, t.TempDir(), harnessOptions{})
+}
+
+// newHarnessWith starts a driver whose files all live under tmp (removed by
+// the caller's t.TempDir, after every cleanup registered here).
+func newHarnessWith(t *testing.T, tmp string, o harnessOptions) *harness {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the integration test needs root (loop devices, FUSE, mounts)")
 	}
-	tmp := t.TempDir() // removed last: every cleanup below runs before it
 	h := &harness{
-		t: t, tmp: tmp, root: filepath.Join(tmp, "root"), runDir: filepath.Join(tmp, "run"),
-		sock: filepath.Join(tmp, "csi.sock"), logPath: filepath.Join(tmp, "driver.log"),
-		published: map[string]string{}, staged: map[string]string{},
+		t: t, tmp: tmp, nodeID: cmp.Or(o.nodeID, nodeID), root: cmp.Or(o.root, filepath.Join(tmp, "root")),
+		runDir: filepath.Join(tmp, "run"), sock: filepath.Join(tmp, "csi.sock"), logPath: filepath.Join(tmp, "driver.log"),
+		published: map[string]string{}, staged: map[string]string{}, fuseConns: map[string]bool{},
 	}
 	t.Cleanup(h.forceCleanup)   // 4. detach leftovers, lazy unmount, loop devices
 	t.Cleanup(h.stopDriver)     // 3. the driver
@@ -93,7 +117,7 @@ func (h *harness) startDriver() {
 	}
 	defer logf.Close()
 	cmd := exec.Command(binary, "--endpoint", "unix://"+h.sock, "--root", h.root,
-		"--run-dir", h.runDir, "--node-id", nodeID, "-v", "2")
+		"--run-dir", h.runDir, "--node-id", h.nodeID, "-v", "2")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -154,6 +178,21 @@ func (h *harness) stopDriver() {
 	}
 	h.lastExit = h.proc.ProcessState.ExitCode()
 	h.proc = nil
+}
+
+// killDriver kills the driver and every serving process it started (-9),
+// as a container runtime does when the node plugin's container dies.
+func (h *harness) killDriver() {
+	h.t.Helper()
+	if h.conn != nil {
+		h.conn.Close()
+		h.conn = nil
+	}
+	_ = h.proc.Process.Kill()
+	<-h.exited
+	h.proc = nil
+	killServers(h.t, h.runDir)
+	waitGone(h.t, h.runDir)
 }
 
 // restartDriver stops the driver gracefully and starts a new one on the same root.
@@ -224,7 +263,7 @@ func (h *harness) forceCleanup() {
 		}
 	}
 	detachLoops(h.t, h.tmp) // while the FUSE files still show their paths
-	killServers(h.t)
+	killServers(h.t, h.runDir)
 	for _, m := range mountsUnder(h.t, h.tmp) {
 		lazyUnmount(h.t, m)
 	}

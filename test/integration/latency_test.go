@@ -15,6 +15,7 @@ import (
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 	"github.com/csi-ploop/csi-ploop/pkg/volume"
+	"github.com/csi-ploop/csi-ploop/pkg/volume/ploopattach"
 	"github.com/csi-ploop/csi-ploop/pkg/volume/ploopstore"
 )
 
@@ -97,7 +98,7 @@ func newFixture(name string, capacity int64, written bool) (*fixture, error) {
 	ctx := context.Background()
 	f.mgr, err = volume.Open(ctx, volume.Options{
 		Root: filepath.Join(root, "root"), Store: ploopstore.New(), SweepGrace: -1,
-		Attacher: attach.NewClient(attach.AttachOptions{RunDir: filepath.Join(root, "run")}),
+		Attacher: ploopattach.New(attach.NewClient(attach.AttachOptions{RunDir: filepath.Join(root, "run")})),
 	})
 	if err == nil {
 		f.data, err = f.mgr.CreateVolume(ctx, volume.CreateVolumeRequest{

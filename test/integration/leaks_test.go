@@ -1,73 +1,43 @@
 package integration
 
 import (
-	"bufio"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
 
 	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
 )
 
 // mountsUnder lists mount points at or below dir, deepest first.
 func mountsUnder(t *testing.T, dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 	if err != nil {
 		t.Logf("mountinfo: %v", err)
 		return nil
 	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMount(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
+	out := make([]string, 0, len(mounts))
+	for _, m := range mounts {
+		out = append(out, m.Mountpoint)
 	}
 	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
 	return out
 }
 
-// unescapeMount undoes the octal escapes (\040 for a space) of mountinfo.
-func unescapeMount(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// loopsUnder lists loop devices whose backing file is below dir, from
-// /sys/block/loop*/loop/backing_file.
+// loopsUnder lists loop devices whose backing file is below dir.
 func loopsUnder(dir string) map[string]string {
 	out := map[string]string{}
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue // detached meanwhile
-		}
-		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
-		if strings.HasPrefix(backing, dir+"/") {
-			dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
-			out[dev] = backing
-		}
+	infos, _ := loopdev.ListUnder(dir)
+	for _, in := range infos {
+		out[in.Path] = in.BackingFile
 	}
 	return out
 }
@@ -80,9 +50,10 @@ func detachLoops(t *testing.T, dir string) {
 	}
 }
 
-// ourProcesses lists the PIDs running our freshly built binary (its path is
-// unique to this test run), except the ones in skip.
-func ourProcesses(skip ...int) []int {
+// servingProcesses lists the PIDs of serving processes of our freshly built
+// binary (its path is unique to this test run) whose runtime directory is
+// runDir: "csi-ploop image attach ... --run-dir RUNDIR DIR".
+func servingProcesses(runDir string) []int {
 	if binary == "" {
 		return nil
 	}
@@ -97,32 +68,88 @@ func ourProcesses(skip ...int) []int {
 		if err != nil || strings.TrimSuffix(exe, " (deleted)") != binary {
 			continue
 		}
-		skipped := false
-		for _, s := range skip {
-			skipped = skipped || s == pid
-		}
-		if !skipped {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		args := strings.Split(string(cmdline), "\x00")
+		if err == nil && slices.Contains(args, "attach") && slices.Contains(args, runDir) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
 }
 
-// killServers kills serving processes our driver started that detach did not
+// killServers kills the serving processes of runDir that detach did not
 // stop: only processes of our own temp binary, by PID.
-func killServers(t *testing.T) {
-	for _, pid := range ourProcesses() {
+func killServers(t *testing.T, runDir string) {
+	for _, pid := range servingProcesses(runDir) {
 		t.Logf("cleanup: killing leftover serving process %d", pid)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 
+// waitGone waits until no serving process of runDir runs any more.
+func waitGone(t *testing.T, runDir string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); len(servingProcesses(runDir)) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("serving processes %v survived SIGKILL", servingProcesses(runDir))
+		}
+	}
+}
+
+// noteFuseConns records the FUSE connections of the serving processes
+// mounted now, to check at the end that none outlived its volume.
+func (h *harness) noteFuseConns() {
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(h.runDir))
+	if err != nil {
+		h.t.Errorf("mountinfo: %v", err)
+		return
+	}
+	h.fuseMu.Lock()
+	defer h.fuseMu.Unlock()
+	for _, m := range mounts {
+		if strings.HasPrefix(m.FSType, "fuse") {
+			h.fuseConns[fuseConnName(m.Major, m.Minor)] = true
+		}
+	}
+}
+
+// fuseConnName is a connection's directory name under
+// /sys/fs/fuse/connections: the kernel's dev_t of the FUSE superblock.
+func fuseConnName(major, minor int) string { return strconv.Itoa(major<<20 | minor) }
+
+// leakedFuseConns lists the recorded connections that still exist while no
+// mount in view has their device: a connection whose mount was detached
+// lazily but whose users never went (the number may since belong to another
+// mount of someone else, which is then in view and not reported).
+func (h *harness) leakedFuseConns() []string {
+	mounts, err := mountinfo.GetMounts(nil)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	mounted := map[string]bool{}
+	for _, m := range mounts {
+		mounted[fuseConnName(m.Major, m.Minor)] = true
+	}
+	var out []string
+	h.fuseMu.Lock()
+	defer h.fuseMu.Unlock()
+	for c := range h.fuseConns {
+		if _, err := os.Stat(filepath.Join("/sys/fs/fuse/connections", c)); err == nil && !mounted[c] {
+			out = append(out, c)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // checkNoLeaks: after every volume and snapshot is gone, nothing may remain
-// in the root, the kernel or the process table.
+// in the root, the kernel or the process table. What the kernel releases
+// asynchronously (a loop device freed on its last close, the FUSE
+// connection behind it) gets a bounded while to go before it counts.
 func (h *harness) checkNoLeaks() {
 	t := h.t
 	t.Helper()
-	for _, sub := range []string{"volumes", "deltas", "meta/volumes", "meta/snapshots", "meta/staged"} {
+	for _, sub := range []string{"volumes", "deltas", "meta/volumes", "meta/snapshots", "meta/staged", "meta/published"} {
 		entries, err := os.ReadDir(filepath.Join(h.root, sub))
 		if err != nil {
 			t.Errorf("read %s: %v", sub, err)
@@ -131,13 +158,33 @@ func (h *harness) checkNoLeaks() {
 			t.Errorf("leaked %s/%s", sub, e.Name())
 		}
 	}
+	var leaks []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		leaks = h.kernelLeaks()
+		if len(leaks) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, l := range leaks {
+		t.Errorf("leaked %s", l)
+	}
+}
+
+// kernelLeaks lists loop devices, mounts, FUSE connections and serving
+// processes of this harness that still exist.
+func (h *harness) kernelLeaks() []string {
+	var out []string
 	for dev, backing := range loopsUnder(h.tmp) {
-		t.Errorf("leaked loop device %s on %s", dev, backing)
+		out = append(out, fmt.Sprintf("loop device %s on %s", dev, backing))
 	}
-	for _, m := range mountsUnder(t, h.tmp) {
-		t.Errorf("leaked mount %s", m)
+	for _, m := range mountsUnder(h.t, h.tmp) {
+		out = append(out, "mount "+m)
 	}
-	if pids := ourProcesses(h.proc.Process.Pid); len(pids) > 0 {
-		t.Errorf("serving processes left: %v", pids)
+	for _, c := range h.leakedFuseConns() {
+		out = append(out, "FUSE connection "+c+" (fusectl) of a serving process")
 	}
+	if pids := servingProcesses(h.runDir); len(pids) > 0 {
+		out = append(out, fmt.Sprintf("serving processes %v", pids))
+	}
+	return out
 }

@@ -68,6 +68,12 @@ func fromVolume(id string) *csi.VolumeContentSource {
 // stagePublish stages and publishes v; the harness remembers both for cleanup.
 func (h *harness) stagePublish(v *vol) {
 	h.t.Helper()
+	h.stage(v)
+	h.publish(v)
+}
+
+func (h *harness) stage(v *vol) {
+	h.t.Helper()
 	ctx, cancel := rpcCtx()
 	defer cancel()
 	_, err := h.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{
@@ -76,7 +82,14 @@ func (h *harness) stagePublish(v *vol) {
 		h.t.Fatalf("NodeStageVolume %s: %v", v.id, err)
 	}
 	h.staged[v.staging] = v.id
-	_, err = h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
+	h.noteFuseConns()
+}
+
+func (h *harness) publish(v *vol) {
+	h.t.Helper()
+	ctx, cancel := rpcCtx()
+	defer cancel()
+	_, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
 		VolumeId: v.id, StagingTargetPath: v.staging, TargetPath: v.target, VolumeCapability: v.cap})
 	if err != nil {
 		h.t.Fatalf("NodePublishVolume %s: %v", v.id, err)
@@ -87,6 +100,12 @@ func (h *harness) stagePublish(v *vol) {
 // unpublishUnstage undoes stagePublish.
 func (h *harness) unpublishUnstage(v *vol) {
 	h.t.Helper()
+	h.unpublish(v)
+	h.unstage(v)
+}
+
+func (h *harness) unpublish(v *vol) {
+	h.t.Helper()
 	ctx, cancel := rpcCtx()
 	defer cancel()
 	_, err := h.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: v.target})
@@ -94,7 +113,13 @@ func (h *harness) unpublishUnstage(v *vol) {
 		h.t.Fatalf("NodeUnpublishVolume %s: %v", v.id, err)
 	}
 	delete(h.published, v.target)
-	_, err = h.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging})
+}
+
+func (h *harness) unstage(v *vol) {
+	h.t.Helper()
+	ctx, cancel := rpcCtx()
+	defer cancel()
+	_, err := h.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging})
 	if err != nil {
 		h.t.Fatalf("NodeUnstageVolume %s: %v", v.id, err)
 	}

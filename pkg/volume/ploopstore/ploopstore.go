@@ -30,6 +30,8 @@ func mapErr(err error) error {
 		return fmt.Errorf("%w: %w", volume.ErrBusy, err)
 	case errors.Is(err, image.ErrChainTooDeep):
 		return fmt.Errorf("%w: %w", volume.ErrResourceExhausted, err)
+	case errors.Is(err, image.ErrCorrupt):
+		return fmt.Errorf("%w: %w", volume.ErrCorrupt, err)
 	}
 	return err
 }
@@ -58,9 +60,10 @@ func (Store) SnapshotDir(_ context.Context, dir string, opts volume.SnapshotOpti
 func (Store) ChainFiles(_ context.Context, dir string) ([]string, error) {
 	d, err := image.ReadDescriptor(dir)
 	if err != nil {
-		return nil, err
+		return nil, mapErr(err)
 	}
-	return d.ChainFiles(dir)
+	files, err := d.ChainFiles(dir)
+	return files, mapErr(err)
 }
 
 // GrowDir implements volume.ImageStore.
