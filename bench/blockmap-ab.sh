@@ -13,6 +13,7 @@
 # usage: bench/blockmap-ab.sh            (root, from the repository root)
 # env:   WORK=/var/tmp/blockmap-ab RUNTIME=10 REPS=5 SIZE=1G OLD_REV=main
 #        GOMAXPROCS=32 (both servers; the serving process's default)
+#        JOBS="name:rw:bs:iodepth ..." (default: the four below)
 set -euo pipefail
 
 WORK=${WORK:-/var/tmp/blockmap-ab}
@@ -71,7 +72,7 @@ fio --name=prealloc --filename="${DEV[raw]}" --ioengine=libaio --direct=1 --rw=w
 busy() { awk '/^cpu /{print $2+$4+$7+$8+$9}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 
-JOBS="randread:randread:4k:32 randwrite:randwrite:4k:32 seqread:read:1M:8 seqwrite:write:1M:8"
+JOBS=${JOBS:-"randread:randread:4k:32 randwrite:randwrite:4k:32 seqread:read:1M:8 seqwrite:write:1M:8"}
 RUNS=$WORK/runs.tsv
 : >"$RUNS"
 for rep in $(seq "$REPS"); do
