@@ -131,9 +131,10 @@ func ParseRequest(b []byte, r *Request) error {
 	return parseArgs(r, args[:len(args)-ext])
 }
 
-// parseArgs decodes the arguments of r.Header.Opcode. Transports that do
-// not get requests as one buffer (io_uring: header, op arguments and
-// payload apart) can reuse the per-op decoders below.
+// parseArgs decodes the arguments of r.Header.Opcode from a, which holds
+// them followed by the payload (WRITE data, LOOKUP name) as /dev/fuse
+// delivers them. A transport that gets the payload apart (io_uring) reuses
+// the per-opcode decoders below for the fixed part.
 func parseArgs(r *Request, a []byte) error {
 	op := r.Header.Opcode
 	need := argSize(op)

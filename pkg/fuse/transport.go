@@ -23,10 +23,13 @@ type Handler interface {
 
 // Transport moves requests from the kernel to a Handler and replies back.
 // The classic transport reads and writes /dev/fuse; a FUSE-over-io_uring
-// transport would register ring entries instead (its requests arrive with
-// header, arguments and payload in separate buffers, which the per-opcode
-// decoders of ParseRequest serve as well; FORGET, INTERRUPT and
-// notifications still use /dev/fuse).
+// transport would register ring entries instead and hand the same Request
+// and Reply to the same Handler. Its requests arrive with the header, the
+// op arguments and the payload (WRITE data, names) in separate buffers: it
+// decodes the header and arguments with the per-opcode decoders of
+// ParseRequest and points Request.Data/Name at the payload; Reply.Buf is
+// the entry's payload buffer. FORGET, INTERRUPT and notifications stay on
+// /dev/fuse.
 type Transport interface {
 	// Start begins serving h and returns at once. A transport is started
 	// once.
