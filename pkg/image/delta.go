@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
+
+	"github.com/csi-ploop/csi-ploop/pkg/durable"
 )
 
 // Sentinel errors of the package, checked with errors.Is.
@@ -49,39 +50,25 @@ func CreateDelta(path string, size, clusterSize int64) error {
 // createDelta writes a delta under a temporary name and renames it into place,
 // so path either does not exist or is a complete, durable, empty delta.
 func createDelta(fsys FS, path string, h Header) error {
-	tmp := path + ".tmp"
-	if err := fsys.Remove(tmp); err != nil {
-		return err
-	}
-	f, err := fsys.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("create delta: %w", err)
-	}
 	h.InUse = false
-	err = writeNewDelta(f, h)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err := durable.WriteFileWith(durableFS{fsys}, path, func(f durable.File) error {
+		return writeNewDelta(f.(File), h) // durableFS creates image Files
+	})
 	if err != nil {
-		_ = fsys.Remove(tmp)
-		return fmt.Errorf("create delta %s: %w", path, err)
-	}
-	if err := fsys.Rename(tmp, path); err != nil {
 		return fmt.Errorf("create delta: %w", err)
 	}
-	return fsys.SyncDir(filepath.Dir(path))
+	return nil
 }
 
+// writeNewDelta lays out an empty delta; the caller syncs it.
 func writeNewDelta(f File, h Header) error {
 	// The BAT stays a hole (zeros: every cluster unallocated), so creation is
 	// instant at any size.
 	if err := f.Truncate(h.DataStart()); err != nil {
 		return err
 	}
-	if _, err := f.WriteAt(h.Encode(), 0); err != nil {
-		return err
-	}
-	return f.Sync()
+	_, err := f.WriteAt(h.Encode(), 0)
+	return err
 }
 
 // ReadHeader reads and validates the header of the delta file at path.

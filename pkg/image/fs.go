@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/csi-ploop/csi-ploop/pkg/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,6 +31,12 @@ type FS interface {
 	Remove(path string) error
 	SyncDir(dir string) error
 }
+
+// durableFS lets pkg/durable write through an FS, so the crash harness cuts
+// persistence at every step of a descriptor or delta creation too.
+type durableFS struct{ FS }
+
+func (d durableFS) CreateFile(path string) (durable.File, error) { return d.FS.Create(path) }
 
 // OSFS is the real file system. With direct I/O, data files are opened with
 // O_DIRECT so that I/O measures the disk, not the host page cache; unaligned
