@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // Chain is an ordered stack of deltas, bottom first; the top one takes writes
@@ -22,6 +23,10 @@ type Chain struct {
 	cs       int64
 	readOnly bool
 	closed   bool
+
+	// failed holds the sticky error (wrapping ErrSyncFailed) once a sync or
+	// metadata write of a delta failed; see Err.
+	failed atomic.Pointer[error]
 
 	// stripes serialise allocation of the same virtual cluster.
 	stripes [256]sync.Mutex
@@ -190,21 +195,53 @@ func (c *Chain) WriteAt(p []byte, off int64) (int, error) {
 		return c.writeCluster(p[lo:hi], vc, inner)
 	})
 	if err != nil {
-		return 0, err
+		return 0, c.note(err)
 	}
 	return len(p), nil
 }
 
 func (c *Chain) checkWrite(off, n int64) error {
+	if err := c.checkModify(); err != nil {
+		return err
+	}
+	if off < 0 || n < 0 || off > c.size-n { // never off+n: it can overflow
+		return fmt.Errorf("%w: write of %d bytes at %d outside the %d-byte disk", ErrInvalid, n, off, c.size)
+	}
+	return nil
+}
+
+// checkModify says why the chain cannot be changed, or nil.
+func (c *Chain) checkModify() error {
 	switch {
 	case c.closed:
 		return ErrClosed
 	case c.readOnly:
 		return ErrReadOnly
-	case off < 0 || n < 0 || off > c.size-n: // never off+n: it can overflow
-		return fmt.Errorf("%w: write of %d bytes at %d outside the %d-byte disk", ErrInvalid, n, off, c.size)
+	}
+	if err := c.Err(); err != nil {
+		return fmt.Errorf("chain failed earlier: %w", err)
 	}
 	return nil
+}
+
+// Err returns the sticky error of the chain (wrapping ErrSyncFailed) once a
+// sync or a metadata write of one of its deltas has failed, else nil. From
+// then on writes, discards, flushes, snapshots and grows fail; reads go on.
+// Only closing the image, checking it and opening it again clears it.
+func (c *Chain) Err() error {
+	if p := c.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// note records err as the chain's sticky error if it is a sync failure, and
+// returns it.
+func (c *Chain) note(err error) error {
+	if errors.Is(err, ErrSyncFailed) {
+		c.failed.CompareAndSwap(nil, &err)
+	}
+	return err
 }
 
 func (c *Chain) writeCluster(p []byte, vc uint32, inner int64) error {
@@ -252,8 +289,8 @@ func (c *Chain) allocateAndWrite(top *Delta, vc uint32, p []byte, inner int64, b
 			return fmt.Errorf("write %s: %w", top.path, err)
 		}
 	}
-	if err := top.f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", top.path, err)
+	if err := top.sync(); err != nil {
+		return err
 	}
 	if err := top.setEntry(vc, entry); err != nil {
 		return err
@@ -266,19 +303,17 @@ func (c *Chain) allocateAndWrite(top *Delta, vc uint32, p []byte, inner int64, b
 func (c *Chain) Flush() error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.closed {
-		return ErrClosed
-	}
-	if c.readOnly {
+	if c.readOnly && !c.closed {
 		return nil
 	}
-	if err := c.top().f.Sync(); err != nil {
-		return fmt.Errorf("flush %s: %w", c.top().path, err)
+	if err := c.checkModify(); err != nil {
+		return err
 	}
-	return nil
+	return c.note(c.top().sync())
 }
 
 // Close flushes, clears the in-use mark of the top and closes every delta.
+// A failed chain (Err) keeps the mark: the next open checks the image.
 func (c *Chain) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -292,7 +327,7 @@ func (c *Chain) Close() error {
 func (c *Chain) closeDeltas() error {
 	var errs []error
 	for _, d := range c.deltas {
-		errs = append(errs, d.close())
+		errs = append(errs, c.note(d.close(c.Err() == nil)))
 	}
 	return errors.Join(errs...)
 }

@@ -19,7 +19,7 @@ func (c *Chain) Discard(off, length int64) error {
 		vc, inner := uint32(pos/c.cs), pos%c.cs
 		n := min(off+length-pos, c.cs-inner)
 		if err := c.discardCluster(vc, inner, n); err != nil {
-			return err
+			return c.note(err)
 		}
 		pos += n
 	}
@@ -55,12 +55,13 @@ func (c *Chain) discardCluster(vc uint32, inner, n int64) error {
 func (c *Chain) Snapshot(newTop string, commit func() error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return ErrClosed
+	if err := c.checkModify(); err != nil {
+		return err
 	}
-	if c.readOnly {
-		return ErrReadOnly
-	}
+	return c.note(c.snapshot(newTop, commit))
+}
+
+func (c *Chain) snapshot(newTop string, commit func() error) error {
 	old := c.top()
 	h, err := NewHeader(c.size, c.cs)
 	if err != nil {
@@ -76,13 +77,13 @@ func (c *Chain) Snapshot(newTop string, commit func() error) error {
 	}
 	// A frozen delta is closed cleanly: everything it holds is synced first.
 	if err := old.setInUse(false); err != nil {
-		nd.close()
+		nd.close(true)
 		_ = c.fs.Remove(newTop)
 		return err
 	}
 	if commit != nil {
 		if err := commit(); err != nil {
-			nd.close()
+			nd.close(true)
 			_ = c.fs.Remove(newTop)
 			return fmt.Errorf("record snapshot: %w", errors.Join(err, old.setInUse(true)))
 		}
@@ -96,11 +97,8 @@ func (c *Chain) Snapshot(newTop string, commit func() error) error {
 func (c *Chain) Grow(size int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return ErrClosed
-	}
-	if c.readOnly {
-		return ErrReadOnly
+	if err := c.checkModify(); err != nil {
+		return err
 	}
 	if size < c.size {
 		return fmt.Errorf("%w: cannot shrink from %d to %d bytes", ErrInvalid, c.size, size)
@@ -111,7 +109,7 @@ func (c *Chain) Grow(size int64) error {
 	topLevel := len(c.deltas) - 1
 	moved, err := c.top().grow(size)
 	if err != nil {
-		return err
+		return c.note(err)
 	}
 	for vc, entry := range moved {
 		c.m.set(vc, location{level: topLevel, entry: entry})

@@ -191,7 +191,7 @@ func (c *deltaChecker) run() error {
 		c.add(SevWarning, c.repair, "in-use mark set: the image was not closed cleanly")
 	}
 	if c.dirty {
-		return c.d.f.Sync()
+		return c.d.sync()
 	}
 	return nil
 }

@@ -16,6 +16,12 @@ var (
 	ErrReadOnly = errors.New("image is read-only")
 	ErrInvalid  = errors.New("invalid argument")
 	ErrClosed   = errors.New("chain is closed")
+	// ErrSyncFailed means a sync of a delta, or a write of its metadata
+	// (header, BAT), failed. The page cache may have dropped what was
+	// written before, so a chain that saw it is failed for good: every
+	// later write, discard, flush, snapshot and grow returns it, until the
+	// image is closed, checked and reopened (Chain.Err).
+	ErrSyncFailed = errors.New("sync failed: close, check and reopen the image")
 )
 
 // Delta is one open delta file.
@@ -78,7 +84,7 @@ func ReadHeader(path string) (Header, error) {
 		return Header{}, err
 	}
 	h := d.h
-	return h, d.close()
+	return h, d.close(true)
 }
 
 // openDelta opens and validates a delta. A writable delta gets the in-use
@@ -129,13 +135,30 @@ func newDelta(f File, path string, writable bool) (*Delta, error) {
 func (d *Delta) setInUse(inUse bool) error {
 	h := d.h
 	h.InUse = inUse
-	if _, err := d.f.WriteAt(h.Encode(), 0); err != nil {
-		return fmt.Errorf("write header: %w", err)
+	if err := d.writeHeader(h); err != nil {
+		return err
 	}
-	if err := d.f.Sync(); err != nil {
-		return fmt.Errorf("sync header: %w", err)
+	if err := d.sync(); err != nil {
+		return err
 	}
 	d.h = h
+	return nil
+}
+
+// writeHeader writes h over the delta's header (not synced).
+func (d *Delta) writeHeader(h Header) error {
+	if _, err := d.f.WriteAt(h.Encode(), 0); err != nil {
+		return fmt.Errorf("%w: write header of %s: %w", ErrSyncFailed, d.path, err)
+	}
+	return nil
+}
+
+// sync makes the delta's data durable (fdatasync). A failure wraps
+// ErrSyncFailed: the chain that sees it stops taking writes.
+func (d *Delta) sync() error {
+	if err := d.f.Sync(); err != nil {
+		return fmt.Errorf("%w: fdatasync %s: %w", ErrSyncFailed, d.path, err)
+	}
 	return nil
 }
 
@@ -185,7 +208,7 @@ func (d *Delta) setEntry(vc, entry uint32) error {
 	var b [4]byte
 	binary.LittleEndian.PutUint32(b[:], entry)
 	if _, err := d.f.WriteAt(b[:], HeaderSize+4*int64(vc)); err != nil {
-		return fmt.Errorf("write BAT entry %d: %w", vc, err)
+		return fmt.Errorf("%w: write BAT entry %d of %s: %w", ErrSyncFailed, vc, d.path, err)
 	}
 	return nil
 }
@@ -203,12 +226,17 @@ func (d *Delta) allocate() (off int64, entry uint32, err error) {
 	return off, d.h.batEntryFor(off), nil
 }
 
-// close clears the in-use mark of a writable delta (a clean shutdown) and
-// closes the file.
-func (d *Delta) close() error {
+// close closes the file; with clean, the in-use mark of a writable delta is
+// cleared first (a clean shutdown). Without, the mark is set again (best
+// effort: a failed sync may have been the one that cleared it), so whoever
+// opens the delta next checks it.
+func (d *Delta) close(clean bool) error {
 	var err error
-	if d.writable {
+	switch {
+	case d.writable && clean:
 		err = d.setInUse(false)
+	case d.writable:
+		_ = d.setInUse(true)
 	}
 	return errors.Join(err, d.f.Close())
 }

@@ -88,7 +88,7 @@ func descriptorOnChain(fsys FS, dir string, base []string, size, clusterSize int
 			return nil, err
 		}
 		dh := d.h
-		d.close()
+		d.close(true)
 		if dh.ClusterSize() != clusterSize {
 			return nil, fmt.Errorf("%w: delta %s has %d-byte clusters, want %d", ErrInvalid, file, dh.ClusterSize(), clusterSize)
 		}

@@ -63,14 +63,14 @@ func mergeDeltas(fsys FS, childPath, parentPath string) error {
 	if err != nil {
 		return err
 	}
-	defer child.close()
+	defer child.close(true)
 	parent, err := openDelta(fsys, parentPath, true)
 	if err != nil {
 		return err
 	}
 	if child.h.Size() > parent.h.Size() {
 		if _, err := parent.grow(child.h.Size()); err != nil {
-			return errors.Join(err, parent.close())
+			return errors.Join(err, parent.close(!errors.Is(err, ErrSyncFailed)))
 		}
 	}
 	entries := make(map[uint32]uint32)
@@ -85,9 +85,9 @@ func mergeDeltas(fsys FS, childPath, parentPath string) error {
 		})
 	}
 	if err == nil {
-		err = parent.f.Sync()
+		err = parent.sync()
 	}
-	return errors.Join(err, parent.close())
+	return errors.Join(err, parent.close(!errors.Is(err, ErrSyncFailed)))
 }
 
 // putCluster writes a whole cluster for vc: in place when the delta holds it
@@ -104,7 +104,7 @@ func (d *Delta) putCluster(vc, entry uint32, data []byte) error {
 	if _, err := d.f.WriteAt(data, off); err != nil {
 		return err
 	}
-	if err := d.f.Sync(); err != nil {
+	if err := d.sync(); err != nil {
 		return err
 	}
 	return d.setEntry(vc, entry)
