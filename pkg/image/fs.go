@@ -80,6 +80,12 @@ func (o *OSFS) Open(path string, writable bool) (File, error) {
 	return of, nil
 }
 
+// onDisk is implemented by file systems whose paths are real files (OSFS,
+// and wrappers that embed it): only there does the directory lock matter.
+type onDisk interface{ realFiles() }
+
+func (*OSFS) realFiles() {}
+
 // Rename implements FS.
 func (*OSFS) Rename(oldPath, newPath string) error { return os.Rename(oldPath, newPath) }
 

@@ -46,7 +46,7 @@ func TestSmokeDir(t *testing.T) {
 	if err != nil || !r.Clean() {
 		t.Fatalf("check %v %+v", err, r)
 	}
-	if err := MergeDir(dir, g); err != nil {
+	if err := MergeDir(dir, g, MergeOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	img, err = OpenDir(dir, OpenOptions{})
