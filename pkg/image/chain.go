@@ -30,6 +30,10 @@ type Chain struct {
 
 	// stripes serialise allocation of the same virtual cluster.
 	stripes [256]sync.Mutex
+
+	pend  pendingBAT  // allocations the next commit writes to the BAT
+	group groupCommit // concurrent flushes share commits
+	bufs  sync.Pool   // *[]byte of one cluster, aligned for direct I/O (copy-up)
 }
 
 // ChainOptions configures OpenChain.
@@ -47,6 +51,7 @@ func OpenChain(paths []string, opts ChainOptions) (*Chain, error) {
 		opts.FS = NewOSFS(true)
 	}
 	c := &Chain{fs: opts.FS, readOnly: opts.ReadOnly}
+	c.pend.dirty = map[int64]struct{}{}
 	for i, p := range paths {
 		writable := i == len(paths)-1 && !opts.ReadOnly
 		d, err := openDelta(opts.FS, p, writable)
@@ -86,7 +91,7 @@ func (c *Chain) loadDelta(level int, d *Delta, limit uint32) error {
 	}
 	// Two entries sharing a cluster would let a write to one change the other.
 	used := newBitmap(fileSize / d.h.ClusterSize())
-	return d.forEachEntry(func(vc, entry uint32) error {
+	err = d.forEachEntry(func(vc, entry uint32) error {
 		if err := d.entryError(vc, entry, fileSize); err != nil {
 			return err
 		}
@@ -98,6 +103,10 @@ func (c *Chain) loadDelta(level int, d *Delta, limit uint32) error {
 		}
 		return nil
 	})
+	if err == nil && d.writable {
+		err = d.findFree(used, fileSize)
+	}
+	return err
 }
 
 // Size returns the virtual size in bytes.
@@ -267,39 +276,9 @@ func (c *Chain) writeTop(top *Delta, p []byte, entry uint32, inner int64) error 
 	return nil
 }
 
-// allocateAndWrite gives vc a cluster in the top delta holding p at inner,
-// with the rest of the cluster copied up from below (or left a hole when no
-// lower delta holds it). The data is synced before the BAT entry is written.
-func (c *Chain) allocateAndWrite(top *Delta, vc uint32, p []byte, inner int64, below location, inLower bool) error {
-	off, entry, err := top.allocate()
-	if err != nil {
-		return err
-	}
-	data, at := p, off+inner
-	if inLower && int64(len(p)) < c.cs {
-		buf := make([]byte, c.cs)
-		if err := c.readCluster(buf, vc, 0); err != nil {
-			return err
-		}
-		copy(buf[inner:], p)
-		data, at = buf, off
-	}
-	if len(data) > 0 {
-		if _, err := top.f.WriteAt(data, at); err != nil {
-			return fmt.Errorf("write %s: %w", top.path, err)
-		}
-	}
-	if err := top.sync(); err != nil {
-		return err
-	}
-	if err := top.setEntry(vc, entry); err != nil {
-		return err
-	}
-	c.m.set(vc, location{level: len(c.deltas) - 1, entry: entry})
-	return nil
-}
-
-// Flush makes every completed write durable.
+// Flush makes every completed write durable: data, and the BAT entries of
+// the clusters allocated since the last flush (group commit: concurrent
+// flushes share the work).
 func (c *Chain) Flush() error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -309,7 +288,13 @@ func (c *Chain) Flush() error {
 	if err := c.checkModify(); err != nil {
 		return err
 	}
-	return c.note(c.top().sync())
+	if err := c.group.do(c.commit); err != nil {
+		return err
+	}
+	if err := c.Err(); err != nil { // a commit we shared failed
+		return fmt.Errorf("flush: %w", err)
+	}
+	return nil
 }
 
 // Close flushes, clears the in-use mark of the top and closes every delta.
@@ -321,7 +306,11 @@ func (c *Chain) Close() error {
 		return nil
 	}
 	c.closed = true
-	return c.closeDeltas()
+	var err error
+	if !c.readOnly && c.Err() == nil {
+		err = c.commit()
+	}
+	return errors.Join(err, c.closeDeltas())
 }
 
 func (c *Chain) closeDeltas() error {

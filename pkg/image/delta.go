@@ -31,8 +31,10 @@ type Delta struct {
 	h        Header
 	writable bool
 
-	allocMu sync.Mutex // guards next and file growth
-	next    int64      // byte offset of the next cluster to allocate
+	allocMu  sync.Mutex // guards next, reserved, free and file growth
+	next     int64      // byte offset of the next cluster to allocate
+	reserved int64      // the file's space is allocated up to here (>= next)
+	free     []int64    // clusters below next no entry uses, holes: reused first
 }
 
 // Path returns the file the delta was opened from.
@@ -124,6 +126,7 @@ func newDelta(f File, path string, writable bool) (*Delta, error) {
 	d := &Delta{path: path, f: f, h: h, writable: writable}
 	cs := h.ClusterSize()
 	d.next = (max(size, h.DataStart()) + cs - 1) / cs * cs
+	d.reserved = d.next
 	if writable {
 		if err := d.setInUse(true); err != nil {
 			return nil, err
@@ -213,19 +216,6 @@ func (d *Delta) setEntry(vc, entry uint32) error {
 	return nil
 }
 
-// allocate reserves a new cluster at the end of the file. The file is
-// extended so the cluster reads as zeros until data is written into it.
-func (d *Delta) allocate() (off int64, entry uint32, err error) {
-	d.allocMu.Lock()
-	defer d.allocMu.Unlock()
-	off = d.next
-	if err := d.f.Truncate(off + d.h.ClusterSize()); err != nil {
-		return 0, 0, fmt.Errorf("extend delta: %w", err)
-	}
-	d.next = off + d.h.ClusterSize()
-	return off, d.h.batEntryFor(off), nil
-}
-
 // close closes the file; with clean, the in-use mark of a writable delta is
 // cleared first (a clean shutdown). Without, the mark is set again (best
 // effort: a failed sync may have been the one that cleared it), so whoever
@@ -234,7 +224,10 @@ func (d *Delta) close(clean bool) error {
 	var err error
 	switch {
 	case d.writable && clean:
-		err = d.setInUse(false)
+		err = d.trimReserve()
+		if err == nil {
+			err = d.setInUse(false)
+		}
 	case d.writable:
 		_ = d.setInUse(true)
 	}

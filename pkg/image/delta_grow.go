@@ -2,6 +2,7 @@ package image
 
 import (
 	"fmt"
+	"slices"
 )
 
 // grow raises the delta's virtual size. When the larger BAT does not fit
@@ -42,6 +43,7 @@ func (d *Delta) relocate(newStart int64) (map[uint32]uint32, error) {
 	cs := d.h.ClusterSize()
 	d.allocMu.Lock()
 	d.next = max(d.next, newStart)
+	d.free = slices.DeleteFunc(d.free, func(off int64) bool { return off < newStart })
 	d.allocMu.Unlock()
 	moved := map[uint32]uint32{}
 	buf := make([]byte, cs)

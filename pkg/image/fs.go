@@ -18,8 +18,15 @@ type File interface {
 	io.WriterAt
 	Sync() error // data (and the size) durable; fdatasync for real files
 	Truncate(size int64) error
+	// Allocate reserves disk space for [off, off+length), extending the
+	// file if needed; what was not written reads as zeros.
+	Allocate(off, length int64) error
 	Size() (int64, error)
 	Punch(off, length int64) error // deallocate; the range reads back as zeros
+	// Data returns the first range [start, stop) of [off, end) that may hold
+	// data (SEEK_DATA, SEEK_HOLE); start == end if the rest is a hole. Where
+	// holes cannot be told, everything is data.
+	Data(off, end int64) (start, stop int64, err error)
 	Close() error
 }
 
@@ -147,6 +154,25 @@ func (o *osFile) Size() (int64, error) {
 	return st.Size(), nil
 }
 
+// Allocate is fallocate(2) mode 0: the range gets unwritten extents, so a
+// later write into it needs no block allocation (and on ext4 no exclusive
+// inode lock). Where fallocate is not supported it only extends the file.
+func (o *osFile) Allocate(off, length int64) error {
+	err := unix.Fallocate(int(o.f.Fd()), 0, off, length)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return o.growTo(off + length)
+	}
+	return err
+}
+
+func (o *osFile) growTo(size int64) error {
+	cur, err := o.Size()
+	if err != nil || cur >= size {
+		return err
+	}
+	return o.f.Truncate(size)
+}
+
 func (o *osFile) Punch(off, length int64) error {
 	err := unix.Fallocate(int(o.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 	if errors.Is(err, unix.EOPNOTSUPP) {
@@ -154,6 +180,24 @@ func (o *osFile) Punch(off, length int64) error {
 		_, err = o.f.WriteAt(make([]byte, length), off)
 	}
 	return err
+}
+
+func (o *osFile) Data(off, end int64) (int64, int64, error) {
+	fd := int(o.f.Fd())
+	start, err := unix.Seek(fd, off, unix.SEEK_DATA)
+	switch {
+	case errors.Is(err, unix.ENXIO): // nothing but a hole past off
+		return end, end, nil
+	case err != nil: // no SEEK_DATA on this file system
+		return off, end, nil
+	case start >= end:
+		return end, end, nil
+	}
+	stop, err := unix.Seek(fd, start, unix.SEEK_HOLE)
+	if err != nil {
+		return start, end, nil
+	}
+	return start, min(stop, end), nil
 }
 
 func (o *osFile) Close() error {
