@@ -35,6 +35,12 @@ type span struct{ lo, hi int64 }
 // lower delta is not copied (the new cluster reads zeros there already), a
 // write of the whole cluster copies nothing, and the rest goes in as few,
 // as large, aligned I/Os as the layout allows.
+//
+// Pieces closer than copyGap to each other or to the cluster's ends are
+// written as one span, zeros in between: a small cluster is written whole.
+// Its space was reserved unwritten (Delta.allocate); what is written now is
+// not converted again by every later write into it, which makes the first
+// writes into a fresh 64 KiB cluster cost what overwrites cost.
 func (c *Chain) fillCluster(top *Delta, off int64, p []byte, inner int64, below location, inLower bool) error {
 	pw := span{inner, inner + int64(len(p))}
 	var data []span
@@ -48,19 +54,23 @@ func (c *Chain) fillCluster(top *Delta, off int64, p []byte, inner int64, below 
 			return err
 		}
 	}
-	if len(data) == 0 { // nothing to copy
-		if len(p) == 0 {
-			return nil
-		}
-		return writeDelta(top, p, off+inner)
-	}
 	all := slices.Clone(data)
 	if len(p) > 0 {
 		all = append(all, c.roundOut(pw))
 	}
+	if len(all) == 0 {
+		return nil // an empty cluster: hides the lower one (discard)
+	}
+	writes := coalesce(append(all, span{0, 0}, span{c.cs, c.cs}), copyGap)
+	if len(data) == 0 && len(writes) == 3 { // p alone, far from both ends
+		return writeDelta(top, p, off+inner)
+	}
 	bp := c.clusterBuffer()
 	defer c.bufs.Put(bp)
-	for _, w := range coalesce(all, copyGap) {
+	for _, w := range writes {
+		if w.lo == w.hi {
+			continue // an end nothing was near
+		}
 		buf := (*bp)[:w.hi-w.lo]
 		clear(buf)
 		for _, r := range coalesce(clip(data, w), copyGap) {

@@ -119,10 +119,13 @@ func TestCopyUp(t *testing.T) {
 		// larger than copyGap) and written in one go with the new data.
 		{"large partial", 1024 * k, "full", 256 * k, 512 * k, 2, 512 * k, 1, 1024 * k},
 		{"whole cluster", 64 * k, "full", 0, 64 * k, 0, 0, 1, 64 * k},
-		// Only the lower data in [4K, 8K) is copied: one read, one write.
+		// Only the lower data in [4K, 8K) is read. A 64 KiB cluster is
+		// written whole; in a 1 MiB one the copied data goes out with the
+		// zeros before it (near the start) and the new data alone.
 		{"over lower hole", 64 * k, "sparse", 40 * k, 4096, 1, 4096, 1, 64 * k},
-		{"over lower hole 1M", 1024 * k, "sparse", 900 * k, 4096, 1, 4096, 2, 8192},
-		{"lower all hole", 64 * k, "hole", 40 * k, 4096, 0, 0, 1, 4096},
+		{"over lower hole 1M", 1024 * k, "sparse", 900 * k, 4096, 1, 4096, 2, 12 * k},
+		{"lower all hole", 64 * k, "hole", 40 * k, 4096, 0, 0, 1, 64 * k},
+		{"lower all hole 1M", 1024 * k, "hole", 500 * k, 4096, 0, 0, 1, 4 * k},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cs := tc.cs
@@ -134,9 +137,12 @@ func TestCopyUp(t *testing.T) {
 				case "full":
 					copy(want, pattern(1, int(cs)))
 					mustWrite(t, c, cs, want)
-				case "sparse":
+				case "sparse": // written whole, then all but [4K, 8K) punched
 					copy(want[4096:], pattern(2, 4096))
-					mustWrite(t, c, cs+4096, want[4096:8192])
+					mustWrite(t, c, cs, want)
+					if c.Discard(cs, 4096) != nil || c.Discard(cs+8192, cs-8192) != nil {
+						t.Fatal("discard")
+					}
 				case "hole": // allocated, then all punched
 					mustWrite(t, c, cs, pattern(3, int(cs)))
 					if err := c.Discard(cs, cs); err != nil {
