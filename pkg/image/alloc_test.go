@@ -351,3 +351,34 @@ func TestRecoveryReclaimsLeakedClusters(t *testing.T) {
 		}
 	}
 }
+
+// TestContiguousClustersOneRequest: an I/O over clusters that lie one after
+// the other in one delta's file is one read or write of that file, however
+// many clusters it spans; where the layout breaks, it splits.
+func TestContiguousClustersOneRequest(t *testing.T) {
+	const cs = 64 << 10
+	fsys := newCountFS()
+	img, frozen, top := copyUpImage(t, fsys, cs, func(c *Chain) {
+		mustWrite(t, c, 0, pattern(1, 32*cs)) // clusters 0..31 in file order
+	})
+	c := img.Chain()
+	mustWrite(t, c, 16*cs, pattern(2, 16*cs)) // whole clusters: allocated, nothing copied
+	fsys.take(top)
+	fsys.take(frozen)
+	p := pattern(3, 16*cs)
+	mustWrite(t, c, 16*cs, p) // overwrite of 16 contiguous top clusters
+	if w := fsys.take(top); w.writes != 1 {
+		t.Errorf("1 MiB overwrite of contiguous clusters: %d writes, want 1", w.writes)
+	}
+	got := mustRead(t, c, 8*cs, 16*cs) // 8 clusters below, 8 in the top
+	if r, w := fsys.take(frozen), fsys.take(top); r.reads != 1 || w.reads != 1 {
+		t.Errorf("read across two deltas: %d + %d reads, want 1 + 1", r.reads, w.reads)
+	}
+	want := append(pattern(1, 32*cs)[8*cs:16*cs], p[:8*cs]...)
+	if !bytes.Equal(got, want) {
+		t.Fatal("read across two deltas returns wrong data")
+	}
+	if got := mustRead(t, c, 40*cs, 2*cs); !allZero(got) {
+		t.Fatal("unallocated clusters do not read as zeros")
+	}
+}

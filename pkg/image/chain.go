@@ -167,8 +167,16 @@ func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	n := int(min(int64(len(p)), c.size-off))
-	err := c.span(off, n, func(vc uint32, inner int64, lo, hi int) error {
-		return c.readCluster(p[lo:hi], vc, inner)
+	err := c.runs(off, n, func(r run) error {
+		if !r.held {
+			clear(p[r.lo:r.hi])
+			return nil
+		}
+		d := c.deltas[r.loc.level]
+		if _, err := d.f.ReadAt(p[r.lo:r.hi], r.fileOff); err != nil {
+			return fmt.Errorf("read %s: %w", d.path, err)
+		}
+		return nil
 	})
 	if err != nil {
 		return 0, err
@@ -179,19 +187,6 @@ func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-func (c *Chain) readCluster(p []byte, vc uint32, inner int64) error {
-	loc, ok := c.m.get(vc)
-	if !ok {
-		clear(p)
-		return nil
-	}
-	d := c.deltas[loc.level]
-	if _, err := d.f.ReadAt(p, d.h.clusterOffset(loc.entry)+inner); err != nil {
-		return fmt.Errorf("read %s: %w", d.path, err)
-	}
-	return nil
-}
-
 // WriteAt writes to the virtual disk. A write to a cluster the top does not
 // hold allocates one; a partial write copies the rest of the cluster up first.
 func (c *Chain) WriteAt(p []byte, off int64) (int, error) {
@@ -200,13 +195,57 @@ func (c *Chain) WriteAt(p []byte, off int64) (int, error) {
 	if err := c.checkWrite(off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	err := c.span(off, len(p), func(vc uint32, inner int64, lo, hi int) error {
-		return c.writeCluster(p[lo:hi], vc, inner)
+	top, topLevel := c.top(), len(c.deltas)-1
+	err := c.runs(off, len(p), func(r run) error {
+		if r.held && r.loc.level == topLevel { // overwrite: one request
+			return writeDelta(top, p[r.lo:r.hi], r.fileOff)
+		}
+		return c.span(off+int64(r.lo), r.hi-r.lo, func(vc uint32, inner int64, lo, hi int) error {
+			return c.writeCluster(p[r.lo+lo:r.lo+hi], vc, inner)
+		})
 	})
 	if err != nil {
 		return 0, c.note(err)
 	}
 	return len(p), nil
+}
+
+// run is a piece of an I/O that one delta can serve in one request:
+// clusters consecutive in the virtual disk and in that delta's file (a
+// sequential write lays them out so), or held by no delta.
+type run struct {
+	held    bool     // some delta holds it (else it reads as zeros)
+	loc     location // of its first cluster
+	fileOff int64    // where it starts in that delta's file
+	lo, hi  int      // the piece of the caller's buffer
+}
+
+// runs calls fn for each maximal run of [off, off+n), in order.
+func (c *Chain) runs(off int64, n int, fn func(run) error) error {
+	var cur run
+	have := false
+	err := c.span(off, n, func(vc uint32, inner int64, lo, hi int) error {
+		loc, held := c.m.get(vc)
+		var fileOff int64
+		if held {
+			fileOff = c.deltas[loc.level].h.clusterOffset(loc.entry) + inner
+		}
+		if have && held == cur.held && (!held || loc.level == cur.loc.level && fileOff == cur.fileOff+int64(cur.hi-cur.lo)) {
+			cur.hi = hi
+			return nil
+		}
+		if have {
+			if err := fn(cur); err != nil {
+				return err
+			}
+		}
+		cur, have = run{held: held, loc: loc, fileOff: fileOff, lo: lo, hi: hi}, true
+		return nil
+	})
+	if err == nil && have {
+		err = fn(cur)
+	}
+	return err
 }
 
 func (c *Chain) checkWrite(off, n int64) error {
@@ -257,23 +296,16 @@ func (c *Chain) writeCluster(p []byte, vc uint32, inner int64) error {
 	top := c.top()
 	topLevel := len(c.deltas) - 1
 	if loc, ok := c.m.get(vc); ok && loc.level == topLevel {
-		return c.writeTop(top, p, loc.entry, inner)
+		return writeDelta(top, p, top.h.clusterOffset(loc.entry)+inner)
 	}
 	stripe := &c.stripes[vc%uint32(len(c.stripes))]
 	stripe.Lock()
 	defer stripe.Unlock()
 	loc, ok := c.m.get(vc)
 	if ok && loc.level == topLevel { // allocated while we waited
-		return c.writeTop(top, p, loc.entry, inner)
+		return writeDelta(top, p, top.h.clusterOffset(loc.entry)+inner)
 	}
 	return c.allocateAndWrite(top, vc, p, inner, loc, ok)
-}
-
-func (c *Chain) writeTop(top *Delta, p []byte, entry uint32, inner int64) error {
-	if _, err := top.f.WriteAt(p, top.h.clusterOffset(entry)+inner); err != nil {
-		return fmt.Errorf("write %s: %w", top.path, err)
-	}
-	return nil
 }
 
 // Flush makes every completed write durable: data, and the BAT entries of
