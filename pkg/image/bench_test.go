@@ -373,3 +373,66 @@ func benchPasses(b *testing.B, blocks []int, setup func() (benchTarget, func()))
 	b.ReportMetric(float64(b.N*len(blocks))/elapsed.Seconds()/1000, "kIOPS")
 	b.ReportMetric(0, "ns/op")
 }
+
+// BenchmarkCopyUp4K: the first 4 KiB write into a cluster after a snapshot,
+// one at a time, with the frozen delta holding data in the whole cluster
+// (a full copy-up: read and write the rest of the cluster) or not holding
+// the cluster at all (an allocation, nothing copied), for 64 KiB and 1 MiB
+// clusters; ns/op is the cost of one such write (no flush).
+func BenchmarkCopyUp4K(b *testing.B) {
+	const size = 256 << 20
+	buf := benchAligned(benchIO)
+	for i := range buf {
+		buf[i] = byte(i | 1)
+	}
+	for _, cs := range []int64{64 << 10, 1 << 20} {
+		for _, lowerFull := range []bool{true, false} {
+			name := fmt.Sprintf("cs=%dK/lower=none", cs>>10)
+			if lowerFull {
+				name = fmt.Sprintf("cs=%dK/lower=full", cs>>10)
+			}
+			b.Run(name, func(b *testing.B) {
+				dir := b.TempDir()
+				var c *Chain
+				var k int64
+				fresh := func() {
+					if c != nil {
+						c.Close()
+					}
+					os.RemoveAll(dir)
+					os.MkdirAll(dir, 0o700)
+					path := filepath.Join(dir, "root.hds")
+					if err := CreateDelta(path, size, cs); err != nil {
+						b.Fatal(err)
+					}
+					var err error
+					if c, err = OpenChain([]string{path}, ChainOptions{FS: NewOSFS(true)}); err != nil {
+						b.Fatal(err)
+					}
+					if lowerFull {
+						benchFill(b, chainTarget(c).write, size)
+					}
+					if err := c.Snapshot(filepath.Join(dir, "top.hds"), nil); err != nil {
+						b.Fatal(err)
+					}
+					k = 0
+				}
+				fresh()
+				b.SetBytes(benchIO)
+				for b.Loop() {
+					if k == size/cs {
+						b.StopTimer()
+						fresh()
+						b.StartTimer()
+					}
+					if _, err := c.WriteAt(buf, k*cs+cs/2); err != nil {
+						b.Fatal(err)
+					}
+					k++
+				}
+				b.StopTimer()
+				c.Close()
+			})
+		}
+	}
+}
