@@ -78,11 +78,19 @@ func benchFill(b *testing.B, write func(p []byte, off int64) error, n int64) {
 	}
 }
 
-// benchNewChain creates a 1 GiB delta in dir and opens it with direct I/O.
+// benchNewChain creates a 1 GiB delta of 1 MiB clusters in dir and opens it
+// with direct I/O.
 func benchNewChain(b *testing.B, dir string) *Chain {
 	b.Helper()
+	return benchChain(b, dir, benchVirtual, DefaultClusterSize)
+}
+
+// benchChain creates (or replaces) dir/root.hds and opens it with direct I/O.
+func benchChain(b *testing.B, dir string, size, cs int64) *Chain {
+	b.Helper()
 	path := filepath.Join(dir, "root.hds")
-	if err := CreateDelta(path, benchVirtual, DefaultClusterSize); err != nil {
+	os.Remove(path)
+	if err := CreateDelta(path, size, cs); err != nil {
 		b.Fatal(err)
 	}
 	c, err := OpenChain([]string{path}, ChainOptions{FS: NewOSFS(true)})
@@ -288,22 +296,10 @@ func BenchmarkRandWrite4K(b *testing.B) {
 	const size = 256 << 20
 	blocks := rand.New(rand.NewPCG(7, 7)).Perm(size / benchIO)
 	for _, cs := range []int64{64 << 10, 1 << 20} {
-		newChain := func(dir string) *Chain {
-			path := filepath.Join(dir, "root.hds")
-			os.Remove(path)
-			if err := CreateDelta(path, size, cs); err != nil {
-				b.Fatal(err)
-			}
-			c, err := OpenChain([]string{path}, ChainOptions{FS: NewOSFS(true)})
-			if err != nil {
-				b.Fatal(err)
-			}
-			return c
-		}
 		b.Run(fmt.Sprintf("cs=%dK/first-touch", cs>>10), func(b *testing.B) {
 			dir := b.TempDir()
 			benchPasses(b, blocks, func() (benchTarget, func()) {
-				c := newChain(dir)
+				c := benchChain(b, dir, size, cs)
 				return chainTarget(c), func() {
 					if err := c.Flush(); err != nil {
 						b.Fatal(err)
@@ -313,7 +309,7 @@ func BenchmarkRandWrite4K(b *testing.B) {
 			})
 		})
 		b.Run(fmt.Sprintf("cs=%dK/allocated", cs>>10), func(b *testing.B) {
-			c := newChain(b.TempDir())
+			c := benchChain(b, b.TempDir(), size, cs)
 			defer c.Close()
 			benchFill(b, chainTarget(c).write, size)
 			if err := c.Flush(); err != nil {
@@ -399,16 +395,8 @@ func BenchmarkCopyUp4K(b *testing.B) {
 					if c != nil {
 						c.Close()
 					}
-					os.RemoveAll(dir)
-					os.MkdirAll(dir, 0o700)
-					path := filepath.Join(dir, "root.hds")
-					if err := CreateDelta(path, size, cs); err != nil {
-						b.Fatal(err)
-					}
-					var err error
-					if c, err = OpenChain([]string{path}, ChainOptions{FS: NewOSFS(true)}); err != nil {
-						b.Fatal(err)
-					}
+					os.Remove(filepath.Join(dir, "top.hds"))
+					c = benchChain(b, dir, size, cs)
 					if lowerFull {
 						benchFill(b, chainTarget(c).write, size)
 					}

@@ -113,15 +113,7 @@ func TestMergeDirLocksBeforeReadingDescriptor(t *testing.T) {
 func referencedBy(t *testing.T, dirs ...string) func(string) (bool, error) {
 	refs := map[string]bool{}
 	for _, d := range dirs {
-		desc, err := ReadDescriptor(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files, err := desc.ChainFiles(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range files {
+		for _, f := range mustFiles(t, d) {
 			refs[filepath.Clean(f)] = true
 		}
 	}

@@ -68,7 +68,9 @@ func TestSmokeDir(t *testing.T) {
 	c2.Close()
 }
 
+// mustFiles returns the chain files of the image directory dir, bottom..top.
 func mustFiles(t *testing.T, dir string) []string {
+	t.Helper()
 	d, err := ReadDescriptor(dir)
 	if err != nil {
 		t.Fatal(err)
