@@ -241,12 +241,12 @@ func TestAbandonKeepsTheLog(t *testing.T) {
 	if len(entries) != 1 || entries[0].Name() != logName {
 		t.Fatalf("after abandon: %v, want only %s", entries, logName)
 	}
-	if tail := logTail(rt); tail != "attach: mount failed: boom" {
+	if tail := LogTail(rt); tail != "attach: mount failed: boom" {
 		t.Fatalf("log tail %q", tail)
 	}
 	big := bytes.Repeat([]byte("0123456789 line\n"), 1000)
 	os.WriteFile(filepath.Join(rt, logName), append(big, []byte("the last line")...), 0o600)
-	if tail := logTail(rt); len(tail) > logTailBytes || !strings.HasSuffix(tail, "the last line") || !strings.HasPrefix(tail, "0123") {
+	if tail := LogTail(rt); len(tail) > logTailBytes || !strings.HasSuffix(tail, "the last line") || !strings.HasPrefix(tail, "0123") {
 		t.Fatalf("long log tail: %d bytes, %q...", len(tail), tail[:20])
 	}
 }
