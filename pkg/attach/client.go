@@ -109,7 +109,9 @@ func (c *Client) Status(ctx context.Context, dir string) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	return *resp.Status, nil
+	st := *resp.Status
+	st.Protocol = resp.Version
+	return st, nil
 }
 
 // Detach detaches dir and stops its serving process. Not attached is

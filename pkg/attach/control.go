@@ -19,12 +19,17 @@ import (
 // version field "v". Version 0 (no "v") is the protocol before versioning:
 // the same operations, the codes busy, invalid, aborted, gone and failed.
 // Version 1 adds the version field, Status.Failure and the codes
-// resource-exhausted, locked, not-found, corrupt and volume-failed. A peer
-// ignores fields it does not know and maps codes it does not know to a
-// plain error, so old clients and servers keep working with new ones
-// (serving processes outlive driver upgrades). A server refuses a request
-// of a newer version than its own with code invalid.
-const ProtocolVersion = 1
+// resource-exhausted, locked, not-found, corrupt and volume-failed.
+// Version 2 adds the operations keep and handover (after their response,
+// with descriptors attached, the connection becomes a keep channel; see
+// keep.go), the code kept, Status.Binary and Status.Kept, and snapshot's
+// fsFrozen (the client froze the filesystem itself: a server in another
+// mount namespace cannot see it). A peer ignores fields it does not know
+// and maps codes it does not know to a plain error, so old clients and
+// servers keep working with new ones (serving processes outlive driver
+// upgrades). A server refuses a request of a newer version than its own
+// with code invalid.
+const ProtocolVersion = 2
 
 // Operations.
 const (
@@ -32,6 +37,8 @@ const (
 	opSnapshot = "snapshot"
 	opGrow     = "grow"
 	opDetach   = "detach"
+	opKeep     = "keep"     // become the keeper of a server that has none
+	opHandover = "handover" // become its keeper whoever kept it, to hand it over
 )
 
 // Error codes carried in responses: stable strings, part of the protocol.
@@ -45,6 +52,7 @@ const (
 	codeNotFound          = "not-found"
 	codeCorrupt           = "corrupt"
 	codeVolumeFailed      = "volume-failed"
+	codeKept              = "kept"   // keep: another keeper holds the server
 	codeFailed            = "failed" // anything else
 )
 
@@ -63,7 +71,28 @@ var errorCodes = []struct {
 	{codeResourceExhausted, ErrResourceExhausted},
 	{codeCorrupt, ErrCorrupt},
 	{codeNotFound, ErrNotFound},
+	{codeKept, ErrKept},
+	{codeAlreadyAttached, ErrAlreadyAttached},
+	{codeStartFailed, ErrStartFailed},
 	{codeInvalid, ErrInvalid},
+}
+
+// Codes only the data-plane supervisor answers with (pkg/dataplane carries
+// this package's errors over its own socket with the same codes).
+const (
+	codeAlreadyAttached = "already-attached"
+	codeStartFailed     = "start-failed"
+)
+
+// ErrorCode is the protocol code of err: the code of the first sentinel of
+// this package it matches, "failed" for anything else.
+func ErrorCode(err error) string { return errResponse(err).Code }
+
+// CodedError is the error a peer answered with code and message msg: its
+// message is msg, and it matches the sentinel of code (none for "failed"
+// and codes this package does not know).
+func CodedError(code, msg string) error {
+	return remoteError(response{Code: code, Error: msg})
 }
 
 type request struct {
@@ -71,6 +100,10 @@ type request struct {
 	Op           string `json:"op"`
 	NewDeltaFile string `json:"newDeltaFile,omitempty"`
 	Size         int64  `json:"size,omitempty"`
+	// FsFrozen (snapshot): the client froze the filesystem on the device.
+	FsFrozen bool `json:"fsFrozen,omitempty"`
+	// Keeper (keep, handover): who asks, for the server's log.
+	Keeper string `json:"keeper,omitempty"`
 }
 
 type response struct {
@@ -80,6 +113,8 @@ type response struct {
 	Code    string  `json:"code,omitempty"`
 	Status  *Status `json:"status,omitempty"`
 	GUID    string  `json:"guid,omitempty"`
+	// Keep (keep, handover): the kept volume; its files come attached.
+	Keep *KeepState `json:"keep,omitempty"`
 }
 
 // typed gives an error from pkg/image or the file system the attach

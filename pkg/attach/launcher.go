@@ -147,8 +147,12 @@ func (s *Spawner) undoStart(dir, rt string, proc spawned, cause error) error {
 
 // LogTail returns the last lines of the log of the serving process of
 // runtime directory rt (for errors about a failed start).
-func LogTail(rt string) string {
-	b, err := os.ReadFile(filepath.Join(rt, logName))
+func LogTail(rt string) string { return FileTail(filepath.Join(rt, logName)) }
+
+// FileTail returns the last whole lines of a log file, at most about 2000
+// bytes, or why it cannot.
+func FileTail(path string) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return "(no log: " + err.Error() + ")"
 	}
