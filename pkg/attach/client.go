@@ -131,13 +131,29 @@ func (c *Client) Detach(ctx context.Context, dir string) error {
 
 // Snapshot takes an online snapshot of attached dir (see Serve); new writes
 // go to newDeltaFile ("" = the image's default name). Returns the frozen
-// GUID.
-func (c *Client) Snapshot(ctx context.Context, dir, newDeltaFile string) (string, error) {
+// GUID. A filesystem mounted from the device is frozen (FIFREEZE) here, in
+// the caller's mount namespace, where the driver's staging mount is: the
+// serving process may run in another one (the data plane's container)
+// and not see it. Servers before protocol version 2 freeze it themselves.
+func (c *Client) Snapshot(ctx context.Context, dir, newDeltaFile string) (guid string, err error) {
 	_, rt, err := c.paths(dir)
 	if err != nil {
 		return "", err
 	}
-	resp, err := call(ctx, rt, request{Op: opSnapshot, NewDeltaFile: newDeltaFile})
+	st, err := c.Status(ctx, dir)
+	if err != nil {
+		return "", err
+	}
+	req := request{Op: opSnapshot, NewDeltaFile: newDeltaFile}
+	if st.Protocol >= 2 {
+		fs, err := freezeAll(st.Device)
+		if err != nil {
+			return "", err
+		}
+		defer func() { err = errors.Join(err, thawAll(fs)) }()
+		req.FsFrozen = true
+	}
+	resp, err := call(ctx, rt, req)
 	if err != nil {
 		return "", err
 	}

@@ -102,7 +102,10 @@ type server struct {
 	health  func() error
 	failLog sync.Once // the failure is logged once, when it is first seen
 	dev     string
-	ln      *net.UnixListener
+	// file identifies our FUSE file (st_dev, inode), which the loop
+	// device must still be attached to.
+	file struct{ dev, ino uint64 }
+	ln   *net.UnixListener
 
 	mu   sync.Mutex // one control operation at a time
 	torn struct{ loop, fuse, image, done bool }
@@ -157,6 +160,11 @@ func (s *server) attachDevice(ctx context.Context) error {
 		return fmt.Errorf("attach: %w", err)
 	}
 	s.bm = bm
+	var st unix.Stat_t
+	if err := unix.Stat(bm.FilePath(), &st); err != nil {
+		return fmt.Errorf("attach: stat %s: %w", bm.FilePath(), err)
+	}
+	s.file.dev, s.file.ino = st.Dev, st.Ino
 	info, err := loopdev.AttachInfo(ctx, bm.FilePath(), loopdev.Options{DirectIO: true, BlockSize: 4096})
 	if err != nil {
 		return fmt.Errorf("attach: %w", err)
@@ -243,7 +251,7 @@ func removeAllBut(dir, keep string) error {
 
 func (s *server) status() Status {
 	c := s.img.Chain()
-	st := Status{Device: s.dev, PID: os.Getpid(), Dir: s.dir, Depth: c.Depth(), Size: c.Size()}
+	st := Status{Device: s.dev, PID: os.Getpid(), Dir: s.dir, Depth: c.Depth(), Size: c.Size(), Binary: BinaryID()}
 	if err := s.health(); err != nil {
 		st.Failure = err.Error()
 	}
