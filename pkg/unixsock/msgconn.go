@@ -127,7 +127,11 @@ func (m *MsgConn) Send(v any, files ...*os.File) error {
 	if len(files) > 0 {
 		fds := make([]int, len(files))
 		for i, f := range files {
-			fds[i] = int(f.Fd())
+			fd, err := rawFD(f)
+			if err != nil {
+				return err
+			}
+			fds[i] = fd
 		}
 		oob = unix.UnixRights(fds...)
 	}
@@ -143,6 +147,23 @@ func (m *MsgConn) Send(v any, files ...*os.File) error {
 		return fmt.Errorf("unixsock: send: %w", err)
 	}
 	return nil
+}
+
+// rawFD is f's descriptor. Unlike f.Fd it leaves the descriptor's mode
+// alone: Fd puts a socket from net's File methods into blocking mode, and
+// O_NONBLOCK belongs to the open file description that every duplicate
+// shares, so a listener passed on this way would block its own server's
+// Accept for good (Close could not interrupt it).
+func rawFD(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("unixsock: %s: %w", f.Name(), err)
+	}
+	fd := -1
+	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return 0, fmt.Errorf("unixsock: %s: %w", f.Name(), err)
+	}
+	return fd, nil
 }
 
 // Recv reads the next message into v and returns the files that came with

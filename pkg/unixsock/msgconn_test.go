@@ -3,10 +3,12 @@ package unixsock
 import (
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 type testMsg struct {
@@ -106,5 +108,38 @@ func TestMsgConnRefusesTooManyFiles(t *testing.T) {
 	}
 	if err := a.Send(testMsg{}, files...); err == nil {
 		t.Fatal("sent more files than a message may carry")
+	}
+}
+
+// TestMsgConnLeavesListenersNonBlocking: passing a listener obtained with
+// net's File must not put it into blocking mode (the mode is shared by all
+// duplicates): the listener's own Accept would then block for good.
+func TestMsgConnLeavesListenersNonBlocking(t *testing.T) {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "l.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	a, bFile, err := MsgPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	defer bFile.Close()
+	if err := a.Send(testMsg{}, f); err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan error, 1)
+	go func() { _, err := ln.Accept(); accepted <- err }()
+	time.Sleep(50 * time.Millisecond)
+	go ln.Close() // must interrupt Accept (a blocking listener's Close hangs too)
+	select {
+	case <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not interrupt Accept: the listener was left in blocking mode")
 	}
 }
