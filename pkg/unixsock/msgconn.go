@@ -97,8 +97,10 @@ func (m *MsgConn) Conn() *net.UnixConn { return m.c }
 // SetDeadline sets the read and write deadlines of the connection.
 func (m *MsgConn) SetDeadline(t time.Time) error { return m.c.SetDeadline(t) }
 
-// Close closes the connection and any file received but not returned.
+// Close closes the connection (a Recv blocked on it returns) and any file
+// received but not returned.
 func (m *MsgConn) Close() error {
+	err := m.c.Close()
 	m.rmu.Lock()
 	for _, r := range m.queue {
 		closeFiles(r.files)
@@ -106,7 +108,7 @@ func (m *MsgConn) Close() error {
 	closeFiles(m.pfiles)
 	m.queue, m.pfiles = nil, nil
 	m.rmu.Unlock()
-	return m.c.Close()
+	return err
 }
 
 // Send writes v as one message with files attached. The files stay open in

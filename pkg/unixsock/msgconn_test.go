@@ -143,3 +143,26 @@ func TestMsgConnLeavesListenersNonBlocking(t *testing.T) {
 		t.Fatal("Close did not interrupt Accept: the listener was left in blocking mode")
 	}
 }
+
+// TestMsgConnCloseEndsRecv: Close returns while another goroutine waits in
+// Recv, which then fails.
+func TestMsgConnCloseEndsRecv(t *testing.T) {
+	a, bFile, err := MsgPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bFile.Close()
+	got := make(chan error, 1)
+	go func() { _, err := a.Recv(&testMsg{}); got <- err }()
+	time.Sleep(20 * time.Millisecond)
+	closed := make(chan struct{})
+	go func() { a.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waited for a blocked Recv")
+	}
+	if err := <-got; err == nil {
+		t.Fatal("Recv on a closed connection succeeded")
+	}
+}
