@@ -21,6 +21,19 @@ import (
 // them, so that killing the driver leaves every volume's I/O running.
 // Children started afterwards (the serving processes) inherit the cgroup.
 func MoveToOwnCgroup(name string) ([]string, error) {
+	dirs, err := OwnCgroupDirs(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := MakeCgroups(dirs); err != nil {
+		return dirs, err
+	}
+	return dirs, JoinCgroups(dirs, os.Getpid())
+}
+
+// OwnCgroupDirs are the directories of the cgroups called name beside the
+// calling process's, one per hierarchy in /proc/self/cgroup.
+func OwnCgroupDirs(name string) ([]string, error) {
 	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
 		return nil, fmt.Errorf("dataplane: cgroup name %q", name)
 	}
@@ -32,11 +45,12 @@ func MoveToOwnCgroup(name string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: mount table: %w", err)
 	}
-	dirs, err := cgroupTargets(string(self), mounts, name)
-	if err != nil {
-		return nil, err
-	}
-	pid := []byte(strconv.Itoa(os.Getpid()))
+	return cgroupTargets(string(self), mounts, name)
+}
+
+// MakeCgroups creates the cgroup directories dirs (if missing); a new
+// cgroup v1 cpuset gets its parent's CPUs and memory nodes.
+func MakeCgroups(dirs []string) error {
 	var errs []error
 	for _, d := range dirs {
 		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
@@ -45,16 +59,26 @@ func MoveToOwnCgroup(name string) ([]string, error) {
 		}
 		if err := inheritCpuset(d); err != nil {
 			errs = append(errs, err)
-			continue
 		}
-		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), pid, 0); err != nil {
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	return nil
+}
+
+// JoinCgroups moves process pid (all its threads) into the cgroups dirs.
+func JoinCgroups(dirs []string, pid int) error {
+	var errs []error
+	for _, d := range dirs {
+		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
 			errs = append(errs, fmt.Errorf("join cgroup %s: %w", d, err))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return dirs, fmt.Errorf("dataplane: own cgroup: %w", err)
+		return fmt.Errorf("dataplane: own cgroup: %w", err)
 	}
-	return dirs, nil
+	return nil
 }
 
 // inheritCpuset gives a new cgroup v1 cpuset its parent's CPUs and memory

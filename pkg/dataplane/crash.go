@@ -74,10 +74,12 @@ func (v *volume) restart() {
 			}
 			if err == nil {
 				err = fmt.Errorf("%s: %s", ev.msg.Reason, ev.msg.Error)
+			} else {
+				err = fmt.Errorf("%w; log: %s", err, attach.LogTail(v.rt))
 			}
 			srv.kill()
 		}
-		v.log.Error("successor failed to start", "attempt", v.fails, "err", err, "log", attach.LogTail(v.rt))
+		v.log.Error("successor failed to start", "attempt", v.fails, "err", err)
 	}
 }
 

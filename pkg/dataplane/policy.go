@@ -29,7 +29,7 @@ type RestartPolicy struct {
 // Defaults of RestartPolicy.
 const (
 	DefaultMaxQuickFailures = 5
-	DefaultMinUptime        = time.Second
+	DefaultMinUptime        = 500 * time.Millisecond
 	DefaultBackoff          = 100 * time.Millisecond
 	DefaultMaxBackoff       = 2 * time.Second
 )
