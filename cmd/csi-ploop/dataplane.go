@@ -92,7 +92,7 @@ func dataplaneRun(ctx context.Context, args []string, _ io.Writer) error {
 	var o dataplane.Options
 	var cgroup string
 	fs.StringVar(&o.RunDir, "run-dir", attach.DefaultRunDir, "parent of the volumes' runtime directories (the driver's --run-dir)")
-	fs.Int64Var(&o.Generation, "generation", 0, "orders supervisors: a newer one takes over an older one, never the reverse (a DaemonSet passes its pod-template-generation)")
+	fs.Var((*generation)(&o.Generation), "generation", "orders supervisors: a newer one takes over an older one, never the reverse (a DaemonSet passes its pod-template-generation; empty: 0)")
 	fs.StringVar(&o.ReadyFile, "ready-file", "", "create this file once every serving process found at the start is kept (readiness probe)")
 	fs.BoolVar(&o.ExitWhenRetired, "exit-when-retired", true, "exit once a newer supervisor took every volume over (false in a DaemonSet: wait for SIGTERM)")
 	fs.StringVar(&cgroup, "cgroup", "", "first move into a cgroup of this name beside the current one on every hierarchy (dataplane start sets it)")
@@ -206,4 +206,23 @@ func klogFlags(fs *flag.FlagSet) {
 	kf := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(kf)
 	kf.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+}
+
+// generation is --generation: an integer, or empty (a DaemonSet's label
+// that is missing) for 0.
+type generation int64
+
+func (g *generation) String() string { return strconv.FormatInt(int64(*g), 10) }
+
+func (g *generation) Set(s string) error {
+	if s == "" {
+		*g = 0
+		return nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("not an integer: %q", s)
+	}
+	*g = generation(n)
+	return nil
 }
