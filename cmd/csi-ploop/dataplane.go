@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -99,6 +100,7 @@ func dataplaneRun(ctx context.Context, args []string, _ io.Writer) error {
 	fs.IntVar(&o.Restart.MaxQuickFailures, "restart-max-failures", dataplane.DefaultMaxQuickFailures, "give a volume up (EIO) after this many quick failures of its serving process in a row")
 	fs.DurationVar(&o.Restart.MinUptime, "restart-min-uptime", dataplane.DefaultMinUptime, "a serving process that served this long before dying was not failing quickly")
 	fs.DurationVar(&o.StartTimeout, "start-timeout", dataplane.DefaultStartTimeout, "bound on the start of one serving process")
+	asInit := fs.Bool("init", false, "run the supervisor as a child and start it again if it dies, reaping orphans (a container's PID 1: a crash of the supervisor then spares the serving processes)")
 	klogFlags(fs)
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
@@ -111,6 +113,9 @@ func dataplaneRun(ctx context.Context, args []string, _ io.Writer) error {
 			return err
 		}
 		o.Logger.Info("moved into the data plane's own cgroup", "cgroups", dirs)
+	}
+	if *asInit {
+		return dataplane.Init(ctx, "/proc/self/exe", setFlags(fs, "init", "cgroup"), o.Logger)
 	}
 	return dataplane.New(o).Run(ctx)
 }
@@ -199,6 +204,18 @@ func dataplaneHandover(ctx context.Context, args []string, stdout io.Writer) err
 	}
 	fmt.Fprintf(stdout, "%s: handed over to serving process %d\n", dir, pid)
 	return nil
+}
+
+// setFlags are the flags set on fs's command line, as --name=value, but
+// those named in except.
+func setFlags(fs *flag.FlagSet, except ...string) []string {
+	var out []string
+	fs.Visit(func(f *flag.Flag) {
+		if !slices.Contains(except, f.Name) {
+			out = append(out, "--"+f.Name+"="+f.Value.String())
+		}
+	})
+	return out
 }
 
 // klogFlags adds klog's flags (-v, ...) to fs.

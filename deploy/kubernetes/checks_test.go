@@ -352,6 +352,9 @@ func TestDataplaneDaemonSet(t *testing.T) {
 	if f["socket"] != nf["dataplane-socket"] || f["socket"] == "" {
 		t.Errorf("data plane --socket %q, node plugin --dataplane-socket %q", f["socket"], nf["dataplane-socket"])
 	}
+	if v, ok := f["init"]; !ok || v == "false" {
+		t.Error("the data plane needs --init: as PID 1, a dying supervisor would take the container and every serving process with it")
+	}
 	if f["exit-when-retired"] != "false" {
 		t.Error("a retired supervisor must wait for its pod's deletion (an exit restarts the container)")
 	}

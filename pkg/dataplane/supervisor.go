@@ -137,6 +137,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if err := os.MkdirAll(s.opts.RunDir, 0o700); err != nil {
 		return fmt.Errorf("dataplane: run dir: %w", err)
 	}
+	if s.opts.ReadyFile != "" { // a predecessor's (--init restarted us): not ready yet
+		if err := os.Remove(s.opts.ReadyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("dataplane: ready file: %w", err)
+		}
+	}
 	newer, err := s.retirePrevious(ctx)
 	if err != nil {
 		return err

@@ -4,6 +4,8 @@
 # with fsync, read back O_DIRECT and compared), while
 #   (a) the node plugin pod is deleted and comes back: the new driver adopts
 #       the attachments, the serving processes stay the same;
+#   (c) the supervisor in the data plane pod is killed (-9): the pod's init
+#       starts another, which adopts the serving processes;
 #   (b) the data plane DaemonSet's image is changed to a second tag of the
 #       same build and rolls (maxSurge 1): the new pod takes every volume
 #       over by hand-over, then the old pod goes.
@@ -123,6 +125,11 @@ servers() {
 	dataplane_status | python3 -c 'import json,sys
 for v in json.load(sys.stdin)["volumes"]: print(v["dir"], v["pid"], v["state"])' | sort
 }
+new_supervisor() {
+	local st
+	st=$(dataplane_status) || return 1
+	python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["ready"] and s["pid"] != int(sys.argv[1]) else 1)' "$1" <<<"$st"
+}
 pods_of() { kc -n csi-ploop get pod -l "app.kubernetes.io/name=$1" -o jsonpath='{.items[*].metadata.name}'; }
 only_pod_is_not() { local p; p=$(pods_of "$1"); [[ -n $p && $p != *" "* && $p != "$2" ]] && pod_ready "$p"; }
 pod_ready() { [[ $(kc -n csi-ploop get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
@@ -148,6 +155,19 @@ run_dataplane() {
 	after=$(servers)
 	[[ $after == "$before" ]] || die "serving processes changed across the node plugin's restart: $before -> $after"
 	log "dataplane: (a) the new driver adopted the attachments: same serving processes"
+
+	step "(c) the supervisor dies (kill -9 in the data plane pod); its init starts another, which adopts"
+	local sup pod
+	pod=$(dataplane_pod)
+	sup=$(dataplane_status | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+	kc -n csi-ploop exec "$pod" -c dataplane -- kill -9 "$sup"
+	wait_for 120 "a new supervisor" new_supervisor "$sup"
+	check_writer "(c) supervisor killed and restarted"
+	after=$(servers)
+	[[ $after == "$before" ]] || die "serving processes changed across the supervisor's restart: $before -> $after"
+	[[ $(kc -n csi-ploop get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}') == 0 ]] ||
+		die "the data plane container restarted"
+	log "dataplane: (c) the new supervisor adopted the serving processes; the container did not restart"
 
 	step "(b) the data plane's image changes to a second tag of the same build; it rolls"
 	old=$(pods_of csi-ploop-dataplane)
