@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/csi-ploop/csi-ploop/pkg/image"
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 )
 
 // ProtocolVersion is the version of the control protocol this package
@@ -157,6 +158,11 @@ type remoteErr struct {
 func (e *remoteErr) Error() string { return e.msg }
 func (e *remoteErr) Unwrap() error { return e.sentinel }
 
+// RemoteError is an error a peer answered: its message is msg, unchanged,
+// and it matches sentinel (none when nil). pkg/dataplane uses it for its
+// own codes.
+func RemoteError(msg string, sentinel error) error { return &remoteErr{msg: msg, sentinel: sentinel} }
+
 // remoteError turns an error response back into an error matching the
 // sentinel it was made from.
 func remoteError(r response) error {
@@ -176,23 +182,13 @@ func remoteError(r response) error {
 // socket or a refused connection mean no server: ErrNotAttached.
 func call(ctx context.Context, rt string, req request) (response, error) {
 	req.Version = ProtocolVersion
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", filepath.Join(rt, socketName))
-	if err != nil {
-		if noServer(err) {
-			return response{}, fmt.Errorf("%w: %s: %w", ErrNotAttached, rt, err)
-		}
-		return response{}, fmt.Errorf("attach: connect %s: %w", rt, err)
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 	var resp response
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return response{}, fmt.Errorf("attach: send %s: %w", req.Op, ctxOr(ctx, err))
+	err := unixsock.RoundTrip(ctx, filepath.Join(rt, socketName), req, &resp)
+	if errors.Is(err, unixsock.ErrNoListener) {
+		return response{}, fmt.Errorf("%w: %s: %w", ErrNotAttached, rt, err)
 	}
-	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
-		return response{}, fmt.Errorf("attach: %s: no answer: %w", req.Op, ctxOr(ctx, err))
+	if err != nil {
+		return response{}, fmt.Errorf("attach: %s %s: %w", req.Op, rt, err)
 	}
 	if !resp.OK {
 		return resp, remoteError(resp)
@@ -216,18 +212,31 @@ func noServer(err error) bool {
 // serveConn answers one request on conn with handle.
 func serveConn(conn net.Conn, handle func(request) (response, func())) {
 	defer conn.Close()
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	var req request
-	resp, after := response{}, func() {}
-	if err := json.NewDecoder(conn).Decode(&req); err != nil {
-		resp = errResponse(fmt.Errorf("%w: bad request: %w", ErrInvalid, err))
-	} else if req.Version > ProtocolVersion {
-		resp = errResponse(fmt.Errorf("%w: protocol version %d is newer than this server's %d",
-			ErrInvalid, req.Version, ProtocolVersion))
-	} else {
-		conn.SetReadDeadline(time.Time{})
+	req, resp, ok := readRequest(conn)
+	after := func() {}
+	if ok {
 		resp, after = handle(req)
 	}
+	writeResponse(conn, resp, after)
+}
+
+// readRequest reads the request of a control connection. ok is false when
+// it is unusable: resp is then the error to answer.
+func readRequest(conn net.Conn) (req request, resp response, ok bool) {
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetReadDeadline(time.Time{})
+	if err := json.NewDecoder(conn).Decode(&req); err != nil {
+		return req, errResponse(fmt.Errorf("%w: bad request: %w", ErrInvalid, err)), false
+	}
+	if req.Version > ProtocolVersion {
+		return req, errResponse(fmt.Errorf("%w: protocol version %d is newer than this server's %d",
+			ErrInvalid, req.Version, ProtocolVersion)), false
+	}
+	return req, response{}, true
+}
+
+// writeResponse answers and then runs after (if not nil).
+func writeResponse(conn net.Conn, resp response, after func()) {
 	resp.Version = ProtocolVersion
 	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	json.NewEncoder(conn).Encode(resp)

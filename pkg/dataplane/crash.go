@@ -42,7 +42,7 @@ func (v *volume) restart() {
 			v.giveUp(d.GiveUp)
 			return
 		}
-		if dead, err := connectionEnded(v.files.Dev); dead || err != nil {
+		if dead, err := attach.ConnectionEnded(v.files.Dev); dead || err != nil {
 			v.log.Error("the FUSE connection has ended (aborted); nothing to restart", "err", err)
 			v.letGo()
 			return
@@ -94,22 +94,6 @@ func (v *volume) giveUp(why string) {
 	// Clients must find no server (not a listener nobody accepts on).
 	os.Remove(v.ctlSocket())
 	v.letGo()
-}
-
-// connectionEnded reports whether the FUSE connection of dev is dead: the
-// kernel answers poll on /dev/fuse with POLLERR once it is aborted.
-func connectionEnded(dev *os.File) (bool, error) {
-	fds := []unix.PollFd{{Fd: int32(dev.Fd()), Events: unix.POLLIN}}
-	for {
-		_, err := unix.Poll(fds, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return false, fmt.Errorf("dataplane: poll /dev/fuse: %w", err)
-		}
-		return fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0, nil
-	}
 }
 
 // fusectlDir lists the FUSE connections (fusectl).

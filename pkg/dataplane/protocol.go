@@ -2,15 +2,11 @@ package dataplane
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"net"
-	"syscall"
-	"time"
 
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 )
 
 // ProtocolVersion of the supervisor's socket: one JSON request per
@@ -111,16 +107,6 @@ func errResponse(err error) response {
 	return response{Version: ProtocolVersion, Error: err.Error(), Code: attach.ErrorCode(err)}
 }
 
-// remoteErr is an error the supervisor answered; it matches the sentinel
-// of its code.
-type remoteErr struct {
-	msg      string
-	sentinel error
-}
-
-func (e *remoteErr) Error() string { return e.msg }
-func (e *remoteErr) Unwrap() error { return e.sentinel }
-
 func remoteError(r response) error {
 	msg := r.Error
 	if msg == "" {
@@ -128,7 +114,7 @@ func remoteError(r response) error {
 	}
 	for _, c := range errorCodes {
 		if c.code == r.Code {
-			return &remoteErr{msg: msg, sentinel: c.sentinel}
+			return attach.RemoteError(msg, c.sentinel)
 		}
 	}
 	return attach.CodedError(r.Code, msg)
@@ -137,33 +123,16 @@ func remoteError(r response) error {
 // call sends req to the supervisor on socket. No supervisor: ErrUnavailable.
 func call(ctx context.Context, socket string, req request) (response, error) {
 	req.Version = ProtocolVersion
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", socket)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return response{}, fmt.Errorf("%w on %s: %w", ErrUnavailable, socket, err)
-		}
-		return response{}, fmt.Errorf("dataplane: connect %s: %w", socket, err)
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return response{}, fmt.Errorf("dataplane: send %s: %w", req.Op, ctxOr(ctx, err))
-	}
 	var resp response
-	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
-		return response{}, fmt.Errorf("dataplane: %s: no answer: %w", req.Op, ctxOr(ctx, err))
+	err := unixsock.RoundTrip(ctx, socket, req, &resp)
+	if errors.Is(err, unixsock.ErrNoListener) {
+		return response{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if err != nil {
+		return response{}, fmt.Errorf("dataplane: %s: %w", req.Op, err)
 	}
 	if !resp.OK {
 		return resp, remoteError(resp)
 	}
 	return resp, nil
-}
-
-func ctxOr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return err
 }
