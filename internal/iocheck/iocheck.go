@@ -140,6 +140,17 @@ func (w *Writer) Stop() Result {
 	return w.res
 }
 
+// Reset returns the result so far and starts counting anew (the blocks
+// written stay known): a test measures a baseline, then the disturbance.
+func (w *Writer) Reset() Result {
+	w.mu.Lock()
+	r := w.res
+	w.res = Result{}
+	w.mu.Unlock()
+	slices.Sort(r.Latencies)
+	return r
+}
+
 // Snapshot returns the result so far (latencies unsorted copy, sorted).
 func (w *Writer) Snapshot() Result {
 	w.mu.Lock()
