@@ -264,3 +264,20 @@ func openTestImage(t *testing.T) *image.Image {
 	}
 	return img
 }
+
+// TestBinaryIDIsTheGoBuildID: the ID of an executable is its Go build ID
+// (the test binary has one), the same on every call, and different
+// executables differ.
+func TestBinaryIDIsTheGoBuildID(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := computeBinaryID(exe)
+	if !strings.HasPrefix(id, "go:") || len(id) < 20 || id != BinaryID() {
+		t.Fatalf("BinaryID %q, of the file %q", BinaryID(), id)
+	}
+	if other := computeBinaryID("/bin/sh"); other == id || other == "unknown" {
+		t.Fatalf("/bin/sh: %q", other)
+	}
+}
