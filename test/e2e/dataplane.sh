@@ -160,7 +160,7 @@ run_dataplane() {
 	local sup pod
 	pod=$(dataplane_pod)
 	sup=$(dataplane_status | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
-	kc -n csi-ploop exec "$pod" -c dataplane -- kill -9 "$sup"
+	kc -n csi-ploop exec "$pod" -c dataplane -- sh -c "kill -9 $sup"
 	wait_for 120 "a new supervisor" new_supervisor "$sup"
 	check_writer "(c) supervisor killed and restarted"
 	after=$(servers)
