@@ -46,7 +46,9 @@ start_snapshot_controller() {
 	for crd in "$SNAPSHOT_CLIENT_DIR"/config/crd/snapshot.storage.k8s.io_*.yaml; do
 		kc apply -f "$crd" >/dev/null
 	done
-	kc wait --for=condition=Established --timeout=60s \
+	# Retried: kubectl wait fails outright on a CRD whose status has no
+	# conditions yet ("accessor error: <nil>").
+	wait_for 60 "snapshot CRDs established" kc wait --for=condition=Established --timeout=5s \
 		crd/volumesnapshots.snapshot.storage.k8s.io crd/volumesnapshotcontents.snapshot.storage.k8s.io \
 		crd/volumesnapshotclasses.snapshot.storage.k8s.io
 	# A host process with the admin kubeconfig (the deploy/ manifests leave the
