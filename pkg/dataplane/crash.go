@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
+	"github.com/csi-ploop/csi-ploop/pkg/fuse"
 )
 
 // crashed handles the end of the current server's keep channel without a
@@ -37,7 +39,7 @@ func (v *volume) crashed(srv *server) {
 func (v *volume) restart() {
 	for {
 		v.fails++
-		d := v.s.opts.Restart.decide(v.state.CanResend, v.fails)
+		d := v.s.opts.Restart.decide(v.canResend(), v.fails)
 		if d.GiveUp != "" {
 			v.giveUp(d.GiveUp)
 			return
@@ -81,6 +83,18 @@ func (v *volume) restart() {
 		}
 		v.log.Error("successor failed to start", "attempt", v.fails, "err", err)
 	}
+}
+
+// canResend reports whether the volume's kernel re-sends the requests a
+// dead server had taken (FUSE_NOTIFY_RESEND): decided from the INIT result
+// the connection settled, which is what the kernel offered.
+func (v *volume) canResend() bool {
+	var st fuse.InitState
+	if err := json.Unmarshal(v.state.Init, &st); err != nil {
+		v.log.Error("unreadable INIT state; taking the kernel for one without FUSE_NOTIFY_RESEND", "err", err)
+		return false
+	}
+	return st.CanResend()
 }
 
 // giveUp fails the volume for good: the FUSE connection is aborted, so that

@@ -103,7 +103,7 @@ func (v *volume) release() {
 // publish copies the loop's view for status requests.
 func (v *volume) publish() {
 	st := VolumeStatus{Dir: v.dir, Device: v.state.Device, State: v.status.State,
-		Restarts: v.status.Restarts, CanResend: v.state.CanResend}
+		Restarts: v.status.Restarts, CanResend: v.state.CanResend} // as the server saw it
 	if v.cur != nil {
 		st.PID, st.Binary = v.cur.pid, v.cur.binary
 	}
@@ -159,7 +159,7 @@ func (v *volume) attach(ctx context.Context) (string, error) {
 	}
 	v.serving(srv, ev)
 	v.fails = 0
-	if !v.state.CanResend {
+	if !v.canResend() {
 		v.log.Warn("the kernel cannot re-send a dead server's requests (FUSE_NOTIFY_RESEND, Linux 6.9): a crash of this volume's serving process fails its I/O (EIO) and the driver attaches it again; hand-overs work")
 	}
 	v.log.Info("attached", "device", v.state.Device, "pid", srv.pid)
