@@ -32,6 +32,8 @@ serving processes, independently of the CSI driver (which it serves over
   stop       make it exit; the serving processes keep running and the next one adopts them
   status     print the supervisor and its volumes as JSON
   handover   DIR: hand the volume of image directory DIR to a new serving process
+  attach     DIR: attach image directory DIR through the data plane; prints the device
+             (detach: csi-ploop image detach --run-dir RUNDIR DIR)
 `
 
 // runDataplane dispatches "csi-ploop dataplane ...".
@@ -45,7 +47,7 @@ func runDataplane(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer) error{
 		"run": dataplaneRun, "start": dataplaneStart, "stop": dataplaneStop,
-		"status": dataplaneStatus, "handover": dataplaneHandover,
+		"status": dataplaneStatus, "handover": dataplaneHandover, "attach": dataplaneAttach,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
@@ -203,6 +205,27 @@ func dataplaneHandover(ctx context.Context, args []string, stdout io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: handed over to serving process %d\n", dir, pid)
+	return nil
+}
+
+func dataplaneAttach(ctx context.Context, args []string, stdout io.Writer) error {
+	fs, socket := dataplaneFlags("attach")
+	pos, err := parse(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	dp := dataplane.NewClient(*socket, 0)
+	st, err := dp.Status(ctx)
+	if err != nil {
+		return err
+	}
+	dev, err := attach.NewClient(attach.AttachOptions{RunDir: st.RunDir, Launcher: dp}).Attach(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, dev)
 	return nil
 }
 
