@@ -9,7 +9,6 @@ import (
 
 	"github.com/csi-ploop/csi-ploop/pkg/blockmap"
 	"github.com/csi-ploop/csi-ploop/pkg/fuse"
-	"github.com/csi-ploop/csi-ploop/pkg/image"
 	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 )
 
@@ -98,12 +97,9 @@ func adopt(ctx context.Context, dir string, opts ServeOptions, kf KeepFiles, st 
 	if err != nil {
 		return nil, err
 	}
-	img, err := image.OpenDir(dir, image.OpenOptions{})
-	if errors.Is(err, image.ErrBusy) {
-		return nil, fmt.Errorf("%w: %s: %w", ErrAlreadyAttached, dir, err)
-	}
+	img, err := openImage(dir)
 	if err != nil {
-		return nil, fmt.Errorf("attach: open %s: %w", dir, err)
+		return nil, err
 	}
 	s := newServer(dir, opts, img)
 	s.mode, s.dev, s.keptEver = ModeAdopt, st.Device, true

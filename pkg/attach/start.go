@@ -20,12 +20,9 @@ import (
 // start locks the image, mounts it, attaches the loop device and listens.
 // On error everything done so far is undone.
 func start(ctx context.Context, dir string, opts ServeOptions) (_ *server, err error) {
-	img, err := image.OpenDir(dir, image.OpenOptions{})
-	if errors.Is(err, image.ErrBusy) {
-		return nil, fmt.Errorf("%w: %s: %w", ErrAlreadyAttached, dir, err)
-	}
+	img, err := openImage(dir)
 	if err != nil {
-		return nil, fmt.Errorf("attach: open %s: %w", dir, err)
+		return nil, err
 	}
 	s := newServer(dir, opts, img)
 	rt := s.rt
@@ -53,6 +50,20 @@ func start(ctx context.Context, dir string, opts ServeOptions) (_ *server, err e
 	ln.SetUnlinkOnClose(false)
 	s.ln = ln
 	return s, nil
+}
+
+// openImage opens and locks the image directory dir (after a crash of its
+// last server the top's recovery runs here). Locked by another process:
+// ErrAlreadyAttached.
+func openImage(dir string) (*image.Image, error) {
+	img, err := image.OpenDir(dir, image.OpenOptions{})
+	if errors.Is(err, image.ErrBusy) {
+		return nil, fmt.Errorf("%w: %s: %w", ErrAlreadyAttached, dir, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attach: open %s: %w", dir, err)
+	}
+	return img, nil
 }
 
 // newServer is the state of a server of image img (open, locked).
