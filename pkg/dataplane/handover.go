@@ -52,8 +52,16 @@ func (v *volume) handover(ctx context.Context) error {
 	if err := old.ch.Send(attach.KeepMsg{Op: attach.KeepDrain}); err != nil {
 		v.log.Warn("hand-over: the old server's channel failed; taking over as after a crash", "err", err)
 	}
-	ev, err := v.await(old, drainTimeout, attach.KeepReleased, attach.KeepDrainFailed)
+	ev, err := v.await(old, drainTimeout, attach.KeepReleased, attach.KeepDrainFailed, attach.KeepBye)
 	switch {
+	case err == nil && ev.msg.Op == attach.KeepBye:
+		// Detached (the driver's detach won the race with the drain) or
+		// aborted: there is nothing left to hand over.
+		unixsock.CloseFiles(ev.files)
+		stopStandby(succ)
+		v.log.Info("the serving process left during the hand-over", "reason", ev.msg.Reason, "err", ev.msg.Error)
+		v.letGo()
+		return fmt.Errorf("%w: %s left during the hand-over (%s)", attach.ErrNotAttached, v.dir, ev.msg.Reason)
 	case errors.Is(err, errServerGone):
 		v.log.Warn("hand-over: the old server died while draining; its successor recovers its requests", "pid", old.pid)
 		old.awaitGone()
