@@ -1,9 +1,13 @@
 package dataplane_test
 
 import (
+	"errors"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/csi-ploop/csi-ploop/pkg/attach"
+	"github.com/csi-ploop/csi-ploop/pkg/image"
 )
 
 // TestSupervisedAttachDetach: the supervisor starts the server, keeps it
@@ -87,4 +91,35 @@ func TestHandover(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	checkWriter(t, "writer across 5 hand-overs", w.Stop())
+}
+
+// TestDetachDuringHandover: the driver detaches a volume while the data
+// plane hands it over. Whichever wins, nothing serves the volume
+// afterwards: no successor starts on a detached volume, the image is not
+// locked, the supervisor forgets it.
+func TestDetachDuringHandover(t *testing.T) {
+	p := newPlane(t)
+	dir := p.image("img", 64<<20)
+	for i := range 6 {
+		p.attachImage(dir)
+		done := make(chan error, 1)
+		go func() { _, err := p.client.Handover(ctx(t), dir); done <- err }()
+		time.Sleep(time.Duration(i*4) * time.Millisecond)
+		if err := p.attach.Detach(ctx(t), dir); err != nil {
+			t.Fatalf("round %d: detach: %v", i, err)
+		}
+		err := <-done
+		t.Logf("round %d: hand-over: %v", i, err)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			_, kept := p.volume(dir)
+			_, serr := p.attach.Status(ctx(t), dir)
+			locked, lerr := image.IsLocked(dir)
+			if !kept && errors.Is(serr, attach.ErrNotAttached) && !locked && lerr == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: after detach: kept %v, status %v, locked %v %v", i, kept, serr, locked, lerr)
+			}
+		}
+	}
 }
