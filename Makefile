@@ -48,6 +48,8 @@ fuzz:
 	$(GO) test ./pkg/image -run '^$$' -fuzz FuzzDecodeHeader -fuzztime 60s
 	$(GO) test ./pkg/image -run '^$$' -fuzz FuzzDecodeDescriptor -fuzztime 60s
 	$(GO) test ./pkg/image -run '^$$' -fuzz FuzzOpenDelta -fuzztime 60s
+	$(GO) test ./pkg/fuse -run '^$$' -fuzz FuzzParseRequest -fuzztime 60s -fuzzminimizetime 2s
+	$(GO) test ./pkg/volume -run '^$$' -fuzz FuzzExtFilesystemBytes -fuzztime 60s
 
 bench:
 	$(GO) test ./pkg/image -run '^$$' -bench . -benchtime 2s

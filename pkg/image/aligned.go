@@ -5,8 +5,10 @@ import (
 	"unsafe"
 )
 
-// O_DIRECT needs the memory address aligned too. Buffers handed to us by FUSE
-// usually are not, so unaligned ones are bounced through pooled aligned memory.
+// O_DIRECT needs the memory address aligned too. pkg/fuse hands write
+// payloads over page-aligned; other callers' buffers (tests, the CLI, a
+// future transport) may not be, so unaligned ones are bounced through pooled
+// aligned memory.
 
 // bouncePools holds aligned buffers by size class (4 KiB << i, up to 16 MiB).
 type bouncePools struct {
