@@ -80,7 +80,7 @@ func (c *Client) attached(ctx context.Context, rt string) (string, bool, error) 
 
 // attachedAt is Client.attached without a client.
 func attachedAt(ctx context.Context, rt string) (string, bool, error) {
-	resp, err := call(ctx, rt, request{Op: opStatus})
+	resp, err := callStatus(ctx, rt)
 	if errors.Is(err, ErrNotAttached) {
 		return "", false, nil
 	}
@@ -105,7 +105,7 @@ func (c *Client) Status(ctx context.Context, dir string) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	resp, err := call(ctx, rt, request{Op: opStatus})
+	resp, err := callStatus(ctx, rt)
 	if err != nil {
 		return Status{}, err
 	}
