@@ -41,7 +41,7 @@ while :; do
 	now=$(up); gap=$((now - prev)); prev=$now
 	[ "$gap" -gt "$maxgap" ] && maxgap=$gap
 	i=$((i + 1))
-	echo "$i $maxgap" >/tmp/progress
+	echo "$i $maxgap" >/tmp/progress.new && mv /tmp/progress.new /tmp/progress
 	[ "$i" -eq 1 ] && touch /tmp/ready
 done'
 
@@ -89,7 +89,14 @@ YAML
 	kc wait -n "$NS" --for=condition=Ready pod/writer --timeout=240s
 }
 
-progress() { kc exec -n "$NS" writer -- cat /tmp/progress; }
+# progress: "iterations largest-gap" (the writer renames it into place, so a
+# read sees a whole line; none before the first iteration: "0 0").
+progress() {
+	local p
+	p=$(kc exec -n "$NS" writer -- cat /tmp/progress 2>/dev/null) || true
+	[[ $p =~ ^[0-9]+\ [0-9]+$ ]] || p="0 0"
+	echo "$p"
+}
 iterations() { progress | cut -d' ' -f1; }
 writer_errors() { kc exec -n "$NS" writer -- sh -c 'cat /tmp/errors 2>/dev/null || true'; }
 
