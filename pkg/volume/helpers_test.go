@@ -28,16 +28,22 @@ func newEnv(t *testing.T) *env {
 
 // reopen starts a fresh Manager on the same root, as after a restart or crash; the
 // fakes keep their state like the serving processes would.
+// Merges run inline (in the goroutine of the RPC or of Open), so a test sees
+// their effect when the call returns and a simulated crash unwinds the test.
 func (e *env) reopen(t *testing.T) {
 	t.Helper()
 	e.store.step = nil
+	if e.m != nil {
+		e.m.Close()
+	}
 	m, err := Open(context.Background(), Options{
-		Root: e.root, Store: e.store, Attacher: e.att, Mounter: e.mnt, SweepGrace: -1,
+		Root: e.root, Store: e.store, Attacher: e.att, Mounter: e.mnt, SweepGrace: -1, inlineMerges: true,
 	})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
 	e.m = m
+	t.Cleanup(func() { m.Close() })
 }
 
 func (e *env) create(t *testing.T, name string, size int64) Volume {

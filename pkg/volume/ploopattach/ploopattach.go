@@ -96,3 +96,8 @@ func (a Attacher) Health(ctx context.Context, dir string) (string, error) {
 	}
 	return st.Failure, nil
 }
+
+// Merge implements volume.Attacher.
+func (a Attacher) Merge(context.Context, string, volume.MergeRequest) (volume.MergeResult, error) {
+	return volume.MergeResult{}, fmt.Errorf("online merge: %w", errors.ErrUnsupported)
+}

@@ -75,3 +75,16 @@ func (Store) GrowDir(_ context.Context, dir string, size int64) error {
 func (Store) AllocatedBytes(_ context.Context, path string) (int64, error) {
 	return image.AllocatedBytes(path)
 }
+
+// errNoMergeEngine: the merge engine of pkg/image is not wired in yet.
+var errNoMergeEngine = fmt.Errorf("merging deltas: %w", errors.ErrUnsupported)
+
+// MergeDir implements volume.ImageStore.
+func (Store) MergeDir(context.Context, string, volume.MergeRequest) (volume.MergeResult, error) {
+	return volume.MergeResult{}, errNoMergeEngine
+}
+
+// MergeDeltas implements volume.ImageStore.
+func (Store) MergeDeltas(context.Context, volume.MergeRequest) (volume.MergeResult, error) {
+	return volume.MergeResult{}, errNoMergeEngine
+}
