@@ -70,7 +70,7 @@ func buildGraph(t *testing.T, e *env) (names []string, del []func() error) {
 func TestGCInEveryDeleteOrder(t *testing.T) {
 	merges := 0
 	for _, order := range permutations(6) {
-		e := newEnv(t)
+		e := newEnvAt(t, memTempDir(t))
 		names, del := buildGraph(t, e)
 		want := e.views(t)
 		trace := ""

@@ -20,10 +20,28 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvAt(t, t.TempDir())
+}
+
+func newEnvAt(t *testing.T, root string) *env {
+	t.Helper()
 	store := newFakeStore()
-	e := &env{root: t.TempDir(), store: store, att: newFakeAttacher(store), mnt: newFakeMounter()}
+	e := &env{root: root, store: store, att: newFakeAttacher(store), mnt: newFakeMounter()}
 	e.reopen(t)
 	return e
+}
+
+// memTempDir is a temporary directory in memory (tmpfs) where there is one:
+// for tests that commit thousands of records, whose fsyncs would otherwise
+// make them as slow as the disk is busy.
+func memTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "volume-test-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 // reopen starts a fresh Manager on the same root, as after a restart or crash; the

@@ -130,7 +130,7 @@ func (m *Manager) mergePass(ctx context.Context) (deferred bool) {
 		tried[pair.parent+"\x00"+pair.child] = true
 		if err := m.mergePair(ctx, pair); err != nil {
 			deferred = true
-			if !errors.Is(err, errMergeBusy) && !errors.Is(err, errMergeStale) && ctx.Err() == nil {
+			if !errors.Is(err, errMergeBusy) && !errors.Is(err, errMergeStale) && !errors.Is(err, ErrBusy) && ctx.Err() == nil {
 				m.stats.failed()
 				log.Error(err, "Merge failed; retrying later", "volumeID", pair.volumeID,
 					"parent", filepath.Base(pair.parent), "child", filepath.Base(pair.child))

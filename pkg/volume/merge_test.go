@@ -82,7 +82,7 @@ func (e *env) checkMerged(t *testing.T, want map[string]map[int]string) {
 func TestRetentionLoopKeepsChainsShort(t *testing.T) {
 	for _, attached := range []bool{false, true} {
 		t.Run(fmt.Sprintf("attached=%v", attached), func(t *testing.T) {
-			e := newEnv(t)
+			e := newEnvAt(t, memTempDir(t))
 			v := e.create(t, "v", 64*MiB)
 			if attached {
 				if _, err := e.att.Attach(ctx, e.m.volDir(v.ID)); err != nil {
