@@ -184,7 +184,7 @@ func TestMergeTakesKeysAndRetriesWhatIsBusy(t *testing.T) {
 	}
 	unlock()
 	deadline := time.Now().Add(30 * time.Second)
-	for e.depth(t, v.ID) != 1 {
+	for e.depth(t, v.ID) != 1 || m.MergeStats().Offline != 1 { // the stats follow the switch
 		if time.Now().After(deadline) {
 			t.Fatalf("not merged after the volume was free again: %+v", m.MergeStats())
 		}
