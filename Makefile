@@ -2,10 +2,27 @@
 GO ?= go
 BIN := bin/csi-ploop
 
-.PHONY: build test test-short deps fuzz bench run
+.PHONY: build test test-short deps fuzz bench run run-built
 
-run: build
-	$(BIN) --endpoint unix:///run/csi-ploop/csi.sock --root /var/lib/csi-ploop
+# make run (as root): the data plane, then the driver, with the default
+# paths (RUN_DIR, RUN_ROOT, RUN_ARGS override them). The data plane starts
+# detached in its own session and its own cgroup (beside the caller's, on
+# every hierarchy), unless one runs already: killing the driver, even every
+# process of its cgroup as a container runtime does, leaves every volume's
+# I/O running, and the next driver adopts the attachments. Stop the data
+# plane with "bin/csi-ploop dataplane stop" (its serving processes keep
+# running until their volumes are detached). run-built skips the build
+# (BIN names the binary).
+RUN_DIR ?= /run/csi-ploop
+RUN_ROOT ?= /var/lib/csi-ploop
+DATAPLANE_CGROUP ?= csi-ploop-dataplane
+RUN_ARGS ?=
+run: build run-built
+
+run-built:
+	$(BIN) dataplane start --socket $(RUN_DIR)/dataplane.sock --run-dir $(RUN_DIR) --cgroup "$(DATAPLANE_CGROUP)"
+	exec $(BIN) --endpoint unix://$(RUN_DIR)/csi.sock --root $(RUN_ROOT) --run-dir $(RUN_DIR) \
+		--dataplane-socket $(RUN_DIR)/dataplane.sock $(RUN_ARGS)
 
 build:
 	$(GO) build -o $(BIN) ./cmd/csi-ploop

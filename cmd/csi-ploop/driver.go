@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/klog/v2"
 
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
+	"github.com/csi-ploop/csi-ploop/pkg/dataplane"
 	"github.com/csi-ploop/csi-ploop/pkg/driver"
 	"github.com/csi-ploop/csi-ploop/pkg/registration"
 	"github.com/csi-ploop/csi-ploop/pkg/volume"
@@ -23,6 +25,10 @@ import (
 type driverConfig struct {
 	driver driver.Config
 	runDir string
+	// dataplaneSocket, when set, makes the data-plane supervisor start the
+	// serving processes (else the driver spawns them itself).
+	dataplaneSocket string
+	dataplaneWait   time.Duration
 	// registration is used when registration.Endpoint (--kubelet-registration-path) is set.
 	registration registration.Config
 }
@@ -34,7 +40,8 @@ func parseDriverFlags(args []string) (driverConfig, error) {
 	fs := flag.NewFlagSet("csi-ploop", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "usage:\n  csi-ploop [FLAGS]              run the CSI driver\n"+
-			"  csi-ploop image COMMAND ...   operate on ploop images (csi-ploop image --help)\n\nflags:\n")
+			"  csi-ploop image COMMAND ...   operate on ploop images (csi-ploop image --help)\n"+
+			"  csi-ploop dataplane COMMAND   the data plane that keeps the serving processes (csi-ploop dataplane help)\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.driver.Endpoint, "endpoint", "unix:///run/csi-ploop/csi.sock", "CSI endpoint (unix socket)")
@@ -48,6 +55,8 @@ func parseDriverFlags(args []string) (driverConfig, error) {
 	fs.StringVar(&c.registration.Endpoint, "kubelet-registration-path", "", "CSI socket path as the kubelet sees it; set: register with the kubelet (no node-driver-registrar needed); empty: off")
 	fs.StringVar(&c.registration.Dir, "plugin-registration-dir", registration.DefaultDir, "kubelet plugin registration directory (as this process sees it)")
 	fs.StringVar(&c.runDir, "run-dir", attach.DefaultRunDir, "runtime directory of the per-volume serving processes")
+	fs.StringVar(&c.dataplaneSocket, "dataplane-socket", "", "socket of the data plane (csi-ploop dataplane run --socket, same --run-dir) that starts and keeps the serving processes; empty: the driver starts them as its own children, and they die with its container")
+	fs.DurationVar(&c.dataplaneWait, "dataplane-wait", dataplane.DefaultClientWait, "how long an attach waits for a data plane that does not answer")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
@@ -79,11 +88,14 @@ func runDriver(ctx context.Context, args []string) int {
 		fmt.Fprintf(os.Stderr, "csi-ploop: %v\n", err)
 		return 1
 	}
+	opts := attach.AttachOptions{Binary: self, RunDir: cfg.runDir, Logger: slog.New(logr.ToSlogHandler(klog.Background()))}
+	if cfg.dataplaneSocket != "" {
+		opts.Launcher = dataplane.NewClient(cfg.dataplaneSocket, cfg.dataplaneWait)
+	}
 	mgr, err := volume.Open(ctx, volume.Options{
-		Root:  cfg.driver.Root,
-		Store: ploopstore.New(),
-		Attacher: ploopattach.New(attach.NewClient(attach.AttachOptions{Binary: self, RunDir: cfg.runDir,
-			Logger: slog.New(logr.ToSlogHandler(klog.Background()))})),
+		Root:      cfg.driver.Root,
+		Store:     ploopstore.New(),
+		Attacher:  ploopattach.New(attach.NewClient(opts)),
 		Mounter:   volume.NewMounter(),
 		SkipSweep: cfg.driver.Mode == driver.ModeNode,
 	})

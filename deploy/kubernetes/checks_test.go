@@ -273,3 +273,117 @@ func TestRBAC(t *testing.T) {
 		t.Error("no bindings")
 	}
 }
+
+// dataplaneRunFlags are the flags of "csi-ploop dataplane run"
+// (cmd/csi-ploop/dataplane.go: dataplaneFlags and dataplaneRun).
+func dataplaneRunFlags(t *testing.T) map[string]bool {
+	t.Helper()
+	src, err := os.ReadFile("../../cmd/csi-ploop/dataplane.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{"v": true} // klog flags are added at run time
+	for _, fn := range []string{"func dataplaneFlags(", "func dataplaneRun("} {
+		body, ok := strings.CutPrefix(string(src[strings.Index(string(src), fn):]), fn)
+		if !ok {
+			t.Fatalf("%s not found in cmd/csi-ploop/dataplane.go", fn)
+		}
+		body, _, _ = strings.Cut(body, "\nfunc ")
+		for _, m := range regexp.MustCompile(`fs\.\w*\((?:[^,"]+,\s*)?"([a-z0-9-]+)"`).FindAllStringSubmatch(body, -1) {
+			names[m[1]] = true
+		}
+	}
+	if !names["socket"] || !names["generation"] || !names["ready-file"] {
+		t.Fatalf("could not read the data plane's flags: %v", names)
+	}
+	return names
+}
+
+// TestDataplaneDaemonSet: the data plane runs in its own DaemonSet that
+// rolls with a surge (the new pod beside the old one takes the volumes
+// over), shares with the node plugin exactly what the two talk through,
+// and nothing two of its pods on one node could collide on.
+func TestDataplaneDaemonSet(t *testing.T) {
+	objs := render(t, ".")
+	dp := get[appsv1.DaemonSet](t, objs, "DaemonSet", "csi-ploop-dataplane")
+	node := get[appsv1.DaemonSet](t, objs, "DaemonSet", "csi-ploop-node")
+	if u := dp.Spec.UpdateStrategy; u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate == nil ||
+		u.RollingUpdate.MaxSurge == nil || u.RollingUpdate.MaxSurge.String() != "1" ||
+		u.RollingUpdate.MaxUnavailable == nil || u.RollingUpdate.MaxUnavailable.String() != "0" {
+		t.Errorf("data plane update strategy %+v, want RollingUpdate maxSurge 1 maxUnavailable 0", u)
+	}
+	if node.Spec.UpdateStrategy.Type == appsv1.OnDeleteDaemonSetStrategyType {
+		t.Error("the node plugin no longer needs OnDelete: its restarts do not touch the data path")
+	}
+	spec := dp.Spec.Template.Spec
+	if spec.HostNetwork || spec.HostPID {
+		t.Error("data plane pods need neither the host network nor the host PID namespace")
+	}
+	if len(spec.Containers) != 1 {
+		t.Fatalf("data plane containers %d, want 1", len(spec.Containers))
+	}
+	c := &spec.Containers[0]
+	plugin := container(t, node, "csi-ploop")
+	if c.Image != plugin.Image {
+		t.Errorf("data plane image %s, node plugin %s: one build", c.Image, plugin.Image)
+	}
+	if sc := c.SecurityContext; sc == nil || sc.Privileged == nil || !*sc.Privileged {
+		t.Error("data plane must be privileged (loop devices, FUSE)")
+	}
+	for _, p := range c.Ports {
+		if p.HostPort != 0 {
+			t.Errorf("data plane host port %d: two pods on a node during a rollout would collide", p.HostPort)
+		}
+	}
+	if c.LivenessProbe != nil {
+		t.Error("a liveness probe would restart the data plane, and end every volume's serving process")
+	}
+	if len(c.Args) < 2 || c.Args[0] != "dataplane" || c.Args[1] != "run" {
+		t.Fatalf("data plane args %v, want dataplane run ...", c.Args)
+	}
+	known := dataplaneRunFlags(t)
+	f := flags(t, &corev1.Container{Name: c.Name, Args: c.Args[2:]})
+	for name := range f {
+		if !known[name] {
+			t.Errorf("dataplane run: flag --%s is not defined in cmd/csi-ploop/dataplane.go", name)
+		}
+	}
+	nf := flags(t, plugin)
+	if f["socket"] != nf["dataplane-socket"] || f["socket"] == "" {
+		t.Errorf("data plane --socket %q, node plugin --dataplane-socket %q", f["socket"], nf["dataplane-socket"])
+	}
+	if v, ok := f["init"]; !ok || v == "false" {
+		t.Error("the data plane needs --init: as PID 1, a dying supervisor would take the container and every serving process with it")
+	}
+	if f["exit-when-retired"] != "false" {
+		t.Error("a retired supervisor must wait for its pod's deletion (an exit restarts the container)")
+	}
+	if e := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return "$("+e.Name+")" == f["generation"] }); e < 0 ||
+		c.Env[e].ValueFrom == nil || c.Env[e].ValueFrom.FieldRef == nil ||
+		c.Env[e].ValueFrom.FieldRef.FieldPath != "metadata.labels['pod-template-generation']" {
+		t.Errorf("--generation %q does not come from the pod-template-generation label", f["generation"])
+	}
+	if p := c.ReadinessProbe; p == nil || p.Exec == nil || !slices.Contains(p.Exec.Command, f["ready-file"]) {
+		t.Errorf("readiness probe %+v does not look at --ready-file %s", c.ReadinessProbe, f["ready-file"])
+	}
+	// Shared with the node plugin, at the same paths on both sides: the
+	// sockets' directory, the storage root (descriptors name absolute
+	// paths), /dev.
+	if f["run-dir"] != nf["run-dir"] || path.Dir(f["socket"]) != f["run-dir"] {
+		t.Errorf("run dirs: data plane %s (socket %s), node plugin %s", f["run-dir"], f["socket"], nf["run-dir"])
+	}
+	hostRun, m := hostPathAt(t, dp, c, f["run-dir"])
+	if nodeRun, _ := hostPathAt(t, node, plugin, nf["run-dir"]); hostRun != nodeRun {
+		t.Errorf("run dir on the host: data plane %s, node plugin %s", hostRun, nodeRun)
+	}
+	if m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationBidirectional {
+		t.Error("the data plane's run dir needs Bidirectional propagation (its FUSE mounts must reach the host)")
+	}
+	hostRoot, _ := hostPathAt(t, dp, c, nf["root"])
+	if nodeRoot, _ := hostPathAt(t, node, plugin, nf["root"]); hostRoot != nodeRoot {
+		t.Errorf("storage root %s: data plane %s, node plugin %s", nf["root"], hostRoot, nodeRoot)
+	}
+	if dev, _ := hostPathAt(t, dp, c, "/dev"); dev != "/dev" {
+		t.Errorf("/dev from %s", dev)
+	}
+}

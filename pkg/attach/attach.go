@@ -78,6 +78,8 @@ var (
 	// written before it may be lost; every later write, flush and snapshot
 	// fails until the image is detached, checked and attached again.
 	ErrVolumeFailed = errors.New("attach: volume failed")
+	// ErrKept: a keep request found the server kept by another keeper.
+	ErrKept = errors.New("attach: the serving process has a keeper")
 )
 
 // Status describes an attached image.
@@ -89,6 +91,15 @@ type Status struct {
 	Size   int64  `json:"size"`   // virtual size in bytes
 	// Failure is set once the volume failed (ErrVolumeFailed): why.
 	Failure string `json:"failure,omitempty"`
+	// Binary identifies the server's executable (BinaryID); empty from
+	// servers before protocol version 2.
+	Binary string `json:"binary,omitempty"`
+	// Kept: a keeper (the data-plane supervisor) holds the server's
+	// descriptors and restarts it if it dies.
+	Kept bool `json:"kept,omitempty"`
+	// Protocol is the server's control protocol version (filled in by
+	// the client from the response).
+	Protocol int `json:"-"`
 }
 
 // runtimeDir returns the runtime directory of the image directory dir

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/csi-ploop/csi-ploop/pkg/image"
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 )
 
 // ProtocolVersion is the version of the control protocol this package
@@ -19,12 +20,17 @@ import (
 // version field "v". Version 0 (no "v") is the protocol before versioning:
 // the same operations, the codes busy, invalid, aborted, gone and failed.
 // Version 1 adds the version field, Status.Failure and the codes
-// resource-exhausted, locked, not-found, corrupt and volume-failed. A peer
-// ignores fields it does not know and maps codes it does not know to a
-// plain error, so old clients and servers keep working with new ones
-// (serving processes outlive driver upgrades). A server refuses a request
-// of a newer version than its own with code invalid.
-const ProtocolVersion = 1
+// resource-exhausted, locked, not-found, corrupt and volume-failed.
+// Version 2 adds the operations keep and handover (after their response,
+// with descriptors attached, the connection becomes a keep channel; see
+// keep.go), the code kept, Status.Binary and Status.Kept, and snapshot's
+// fsFrozen (the client froze the filesystem itself: a server in another
+// mount namespace cannot see it). A peer ignores fields it does not know
+// and maps codes it does not know to a plain error, so old clients and
+// servers keep working with new ones (serving processes outlive driver
+// upgrades). A server refuses a request of a newer version than its own
+// with code invalid.
+const ProtocolVersion = 2
 
 // Operations.
 const (
@@ -32,6 +38,8 @@ const (
 	opSnapshot = "snapshot"
 	opGrow     = "grow"
 	opDetach   = "detach"
+	opKeep     = "keep"     // become the keeper of a server that has none
+	opHandover = "handover" // become its keeper whoever kept it, to hand it over
 )
 
 // Error codes carried in responses: stable strings, part of the protocol.
@@ -45,6 +53,7 @@ const (
 	codeNotFound          = "not-found"
 	codeCorrupt           = "corrupt"
 	codeVolumeFailed      = "volume-failed"
+	codeKept              = "kept"   // keep: another keeper holds the server
 	codeFailed            = "failed" // anything else
 )
 
@@ -63,7 +72,28 @@ var errorCodes = []struct {
 	{codeResourceExhausted, ErrResourceExhausted},
 	{codeCorrupt, ErrCorrupt},
 	{codeNotFound, ErrNotFound},
+	{codeKept, ErrKept},
+	{codeAlreadyAttached, ErrAlreadyAttached},
+	{codeStartFailed, ErrStartFailed},
 	{codeInvalid, ErrInvalid},
+}
+
+// Codes only the data-plane supervisor answers with (pkg/dataplane carries
+// this package's errors over its own socket with the same codes).
+const (
+	codeAlreadyAttached = "already-attached"
+	codeStartFailed     = "start-failed"
+)
+
+// ErrorCode is the protocol code of err: the code of the first sentinel of
+// this package it matches, "failed" for anything else.
+func ErrorCode(err error) string { return errResponse(err).Code }
+
+// CodedError is the error a peer answered with code and message msg: its
+// message is msg, and it matches the sentinel of code (none for "failed"
+// and codes this package does not know).
+func CodedError(code, msg string) error {
+	return remoteError(response{Code: code, Error: msg})
 }
 
 type request struct {
@@ -71,6 +101,10 @@ type request struct {
 	Op           string `json:"op"`
 	NewDeltaFile string `json:"newDeltaFile,omitempty"`
 	Size         int64  `json:"size,omitempty"`
+	// FsFrozen (snapshot): the client froze the filesystem on the device.
+	FsFrozen bool `json:"fsFrozen,omitempty"`
+	// Keeper (keep, handover): who asks, for the server's log.
+	Keeper string `json:"keeper,omitempty"`
 }
 
 type response struct {
@@ -80,6 +114,8 @@ type response struct {
 	Code    string  `json:"code,omitempty"`
 	Status  *Status `json:"status,omitempty"`
 	GUID    string  `json:"guid,omitempty"`
+	// Keep (keep, handover): the kept volume; its files come attached.
+	Keep *KeepState `json:"keep,omitempty"`
 }
 
 // typed gives an error from pkg/image or the file system the attach
@@ -122,6 +158,11 @@ type remoteErr struct {
 func (e *remoteErr) Error() string { return e.msg }
 func (e *remoteErr) Unwrap() error { return e.sentinel }
 
+// RemoteError is an error a peer answered: its message is msg, unchanged,
+// and it matches sentinel (none when nil). pkg/dataplane uses it for its
+// own codes.
+func RemoteError(msg string, sentinel error) error { return &remoteErr{msg: msg, sentinel: sentinel} }
+
 // remoteError turns an error response back into an error matching the
 // sentinel it was made from.
 func remoteError(r response) error {
@@ -141,23 +182,13 @@ func remoteError(r response) error {
 // socket or a refused connection mean no server: ErrNotAttached.
 func call(ctx context.Context, rt string, req request) (response, error) {
 	req.Version = ProtocolVersion
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", filepath.Join(rt, socketName))
-	if err != nil {
-		if noServer(err) {
-			return response{}, fmt.Errorf("%w: %s: %w", ErrNotAttached, rt, err)
-		}
-		return response{}, fmt.Errorf("attach: connect %s: %w", rt, err)
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
 	var resp response
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return response{}, fmt.Errorf("attach: send %s: %w", req.Op, ctxOr(ctx, err))
+	err := unixsock.RoundTrip(ctx, filepath.Join(rt, socketName), req, &resp)
+	if errors.Is(err, unixsock.ErrNoListener) {
+		return response{}, fmt.Errorf("%w: %s: %w", ErrNotAttached, rt, err)
 	}
-	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
-		return response{}, fmt.Errorf("attach: %s: no answer: %w", req.Op, ctxOr(ctx, err))
+	if err != nil {
+		return response{}, fmt.Errorf("attach: %s %s: %w", req.Op, rt, err)
 	}
 	if !resp.OK {
 		return resp, remoteError(resp)
@@ -181,18 +212,31 @@ func noServer(err error) bool {
 // serveConn answers one request on conn with handle.
 func serveConn(conn net.Conn, handle func(request) (response, func())) {
 	defer conn.Close()
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	var req request
-	resp, after := response{}, func() {}
-	if err := json.NewDecoder(conn).Decode(&req); err != nil {
-		resp = errResponse(fmt.Errorf("%w: bad request: %w", ErrInvalid, err))
-	} else if req.Version > ProtocolVersion {
-		resp = errResponse(fmt.Errorf("%w: protocol version %d is newer than this server's %d",
-			ErrInvalid, req.Version, ProtocolVersion))
-	} else {
-		conn.SetReadDeadline(time.Time{})
+	req, resp, ok := readRequest(conn)
+	after := func() {}
+	if ok {
 		resp, after = handle(req)
 	}
+	writeResponse(conn, resp, after)
+}
+
+// readRequest reads the request of a control connection. ok is false when
+// it is unusable: resp is then the error to answer.
+func readRequest(conn net.Conn) (req request, resp response, ok bool) {
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetReadDeadline(time.Time{})
+	if err := json.NewDecoder(conn).Decode(&req); err != nil {
+		return req, errResponse(fmt.Errorf("%w: bad request: %w", ErrInvalid, err)), false
+	}
+	if req.Version > ProtocolVersion {
+		return req, errResponse(fmt.Errorf("%w: protocol version %d is newer than this server's %d",
+			ErrInvalid, req.Version, ProtocolVersion)), false
+	}
+	return req, response{}, true
+}
+
+// writeResponse answers and then runs after (if not nil).
+func writeResponse(conn net.Conn, resp response, after func()) {
 	resp.Version = ProtocolVersion
 	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	json.NewEncoder(conn).Encode(resp)

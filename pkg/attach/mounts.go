@@ -3,6 +3,7 @@ package attach
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -34,6 +35,27 @@ func deviceMounts(path string) ([]string, error) {
 		out = append(out, m.Mountpoint)
 	}
 	return out, nil
+}
+
+// deviceUnclaimed returns ErrBusy while a filesystem (or anyone else) holds
+// the block device at path exclusively. It opens the device O_EXCL, which
+// fails with EBUSY while it is mounted in any mount namespace, also one
+// this process cannot see (the driver's, when the server runs in the data
+// plane's container). Mount points it can see are named in the error.
+func deviceUnclaimed(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if err == nil {
+		unix.Close(fd)
+		return nil
+	}
+	if !errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("attach: open %s: %w", path, err)
+	}
+	where := "a filesystem or another exclusive user (in another mount namespace, or a process)"
+	if points, _ := deviceMounts(path); len(points) > 0 {
+		where = strings.Join(points, ", ")
+	}
+	return fmt.Errorf("%w: %s is mounted or claimed: %s; unmount it first", ErrBusy, path, where)
 }
 
 // isMountPoint reports whether path is a mount point in the mount table.

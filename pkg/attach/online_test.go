@@ -2,13 +2,16 @@ package attach_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
 )
@@ -126,4 +129,45 @@ func checkSnapshot(t *testing.T, f *fixture, i int, guid string, files []written
 	for _, file := range files {
 		verifyFile(t, filepath.Join(mp, file.name), file.sum)
 	}
+}
+
+// TestOldClientSnapshotIsFrozenByTheServer: a driver from before protocol
+// version 2 does not freeze the filesystem itself; the server, which sees
+// the mount here, freezes it as it used to, so the snapshot is clean.
+func TestOldClientSnapshotIsFrozenByTheServer(t *testing.T) {
+	needTools(t, "mkfs.ext4", "fsck.ext4")
+	f := newFixture(t, 256<<20)
+	dev := f.attach()
+	mkfs(t, dev, "ext4")
+	mp := f.mount(dev, "ext4")
+	ctx, stop := context.WithCancel(context.Background())
+	w := &loadWriter{}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); w.run(ctx, mp) }()
+	time.Sleep(300 * time.Millisecond)
+	before := w.done()
+	conn, err := net.Dial("unix", filepath.Join(attach.RuntimeDir(theSuite.runDir, f.dir), "ctl.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp struct {
+		OK    bool   `json:"ok"`
+		Error string `json:"error"`
+		GUID  string `json:"guid"`
+	}
+	_, err = conn.Write([]byte(`{"v":1,"op":"snapshot"}` + "\n"))
+	if err == nil {
+		err = json.NewDecoder(conn).Decode(&resp)
+	}
+	conn.Close()
+	stop()
+	wg.Wait()
+	if err != nil || !resp.OK {
+		t.Fatalf("snapshot of a version 1 client: %v %+v", err, resp)
+	}
+	if w.err != nil {
+		t.Fatalf("writer: %v", w.err)
+	}
+	checkSnapshot(t, f, 0, resp.GUID, before)
 }

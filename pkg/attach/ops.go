@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/csi-ploop/csi-ploop/pkg/image"
@@ -25,7 +24,7 @@ func (s *server) handle(req request) (response, func()) {
 		st, err = s.statusChecked()
 		resp.Status = &st
 	case opSnapshot:
-		resp.GUID, err = s.snapshot(ctx, req.NewDeltaFile)
+		resp.GUID, err = s.snapshot(ctx, req.NewDeltaFile, req.FsFrozen)
 	case opGrow:
 		err = s.grow(ctx, req.Size)
 	case opDetach:
@@ -83,10 +82,13 @@ func (s *server) statusChecked() (Status, error) {
 	return s.status(), nil
 }
 
-// snapshot freezes the filesystem on the device (if one is mounted),
-// drains the FUSE requests in flight and switches the top delta. The
-// filesystem is thawed whatever happens.
-func (s *server) snapshot(ctx context.Context, newDeltaFile string) (guid string, err error) {
+// snapshot drains the FUSE requests in flight and switches the top delta.
+// A filesystem on the device must be frozen meanwhile: the client does it
+// (fsFrozen; it sees the mounts, which a server in another mount namespace
+// does not), or else the server freezes what it sees mounted (clients
+// before protocol version 2). The server's own freeze is thawed whatever
+// happens.
+func (s *server) snapshot(ctx context.Context, newDeltaFile string, fsFrozen bool) (guid string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.failure(); err != nil {
@@ -95,9 +97,11 @@ func (s *server) snapshot(ctx context.Context, newDeltaFile string) (guid string
 	if err := s.live(); err != nil {
 		return "", err
 	}
-	frozen, err := freezeAll(s.dev)
-	if err != nil {
-		return "", err
+	var frozen []*frozen
+	if !fsFrozen {
+		if frozen, err = freezeAll(s.dev); err != nil {
+			return "", err
+		}
 	}
 	defer func() { err = errors.Join(err, thawAll(frozen)) }()
 	err = s.bm.Quiesce(ctx, func() error {
@@ -108,7 +112,7 @@ func (s *server) snapshot(ctx context.Context, newDeltaFile string) (guid string
 	if err != nil {
 		return "", fmt.Errorf("attach: snapshot %s: %w", s.dir, err)
 	}
-	s.log.Info("snapshot", "frozen", guid, "depth", s.img.Chain().Depth(), "fsFrozen", len(frozen) > 0)
+	s.log.Info("snapshot", "frozen", guid, "depth", s.img.Chain().Depth(), "fsFrozen", fsFrozen || len(frozen) > 0)
 	return guid, nil
 }
 
@@ -194,13 +198,8 @@ func (s *server) detachLoop() error {
 		return err
 	}
 	if ours {
-		points, err := deviceMounts(s.dev)
-		if err != nil {
+		if err := deviceUnclaimed(s.dev); err != nil {
 			return err
-		}
-		if len(points) > 0 {
-			return fmt.Errorf("%w: %s is mounted on %s; unmount it first",
-				ErrBusy, s.dev, strings.Join(points, ", "))
 		}
 		if err := loopdev.Detach(s.dev); err != nil {
 			if !errors.Is(err, loopdev.ErrBusy) {
@@ -220,16 +219,15 @@ func (s *server) detachLoop() error {
 
 // loopStillOurs reports whether s.dev is still attached to our FUSE file.
 // After a detach that was deferred (autoclear) the kernel may have freed
-// the device and given the number to someone else.
+// the device and given the number to someone else. The file is known by
+// its device and inode, not by its path: a server that took the volume
+// over from another mount namespace may not see the path at all.
 func (s *server) loopStillOurs() (bool, error) {
-	info, err := loopdev.Status(s.dev)
-	if errors.Is(err, loopdev.ErrNotAttached) || errors.Is(err, loopdev.ErrNotFound) {
-		return false, nil
-	}
+	ours, err := loopdev.Backs(s.dev, s.file.dev, s.file.ino)
 	if err != nil {
 		return false, fmt.Errorf("attach: %w", err)
 	}
-	return info.BackingFile == s.bm.FilePath(), nil
+	return ours, nil
 }
 
 // loopReleaseWait bounds how long a deferred (autoclear) detach is awaited.

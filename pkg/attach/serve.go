@@ -13,11 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/csi-ploop/csi-ploop/pkg/blockmap"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
-	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 )
 
 // ServeOptions configure Serve. The zero value is usable.
@@ -33,6 +31,11 @@ type ServeOptions struct {
 	// Ready, if set, is called once the device and the control socket are
 	// up (the command prints the device path from it).
 	Ready func(Status)
+	// Keeper is the keep channel of a server a keeper started ("image
+	// attach --keeper-fd"); its first message says how to start (see
+	// keep.go). Nil: standalone, the server mounts and attaches by itself
+	// (a keeper may still take it over later through the "keep" op).
+	Keeper *unixsock.MsgConn
 }
 
 func (o ServeOptions) withDefaults() ServeOptions {
@@ -51,9 +54,14 @@ func (o ServeOptions) withDefaults() ServeOptions {
 // (when ctx ends while a filesystem is still mounted on the device, Serve
 // logs that and keeps serving: pulling the device away would fail the
 // filesystem). It returns ErrAlreadyAttached if another process serves dir,
-// and ErrAborted if the FUSE connection was aborted.
-func Serve(ctx context.Context, dir string, opts ServeOptions) error {
+// and ErrAborted if the FUSE connection was aborted. A kept server also
+// returns nil after it handed the volume over to a successor.
+func Serve(ctx context.Context, dir string, opts ServeOptions) (err error) {
+	began := time.Now()
 	opts = opts.withDefaults()
+	if opts.Keeper != nil {
+		defer opts.Keeper.Close()
+	}
 	abs, err := absDir(dir)
 	if err != nil {
 		return err
@@ -63,15 +71,31 @@ func Serve(ctx context.Context, dir string, opts ServeOptions) error {
 		return err
 	}
 	defer stopProfile()
-	s, err := start(ctx, abs, opts)
+	var s *server
+	if opts.Keeper == nil {
+		s, err = start(ctx, abs, opts)
+	} else {
+		s, err = startKept(ctx, abs, opts)
+	}
+	if errors.Is(err, errNotNeeded) {
+		return nil // a standby successor that was not needed
+	}
 	if err != nil {
+		tellKeeper(opts.Keeper, KeepMsg{Op: KeepBye, Reason: byeReason(err), Error: err.Error()})
 		return err
 	}
-	s.log.Info("attached", "device", s.dev)
+	s.log.Info("attached", "device", s.dev, "mode", s.mode, "took", time.Since(began))
 	if opts.Ready != nil {
 		opts.Ready(s.status())
 	}
-	return s.run(ctx)
+	if opts.Keeper != nil {
+		if err := s.readyForKeeper(opts.Keeper); err != nil {
+			s.log.Error("cannot report to the keeper; serving without one", "err", err)
+		}
+	}
+	err = s.run(ctx)
+	s.goodbye(err)
+	return err
 }
 
 // startProfile starts a CPU profile when CPUProfileEnv names a file.
@@ -102,159 +126,48 @@ type server struct {
 	health  func() error
 	failLog sync.Once // the failure is logged once, when it is first seen
 	dev     string
-	ln      *net.UnixListener
+	// file identifies our FUSE file (st_dev, inode), which the loop
+	// device must still be attached to.
+	file struct{ dev, ino uint64 }
+	ln   *net.UnixListener
 
 	mu   sync.Mutex // one control operation at a time
 	torn struct{ loop, fuse, image, done bool }
+	// handedOver: a hand-over drained FUSE and closed the image (under mu).
+	handedOver bool
+	// mode is how the server started: standalone, fresh or adopt.
+	mode string
+
+	// handlers counts control connections being answered (a hand-over
+	// waits for them before it drains).
+	handlers sync.WaitGroup
+
+	keepMu   sync.Mutex
+	keeper   *unixsock.MsgConn // nil when no keeper holds our descriptors
+	keptEver bool              // a keeper holds (or held) a root descriptor
 
 	stopped  chan struct{} // closed once torn down and answered
 	stopOnce sync.Once
 }
 
-// start locks the image, mounts it, attaches the loop device and listens.
-// On error everything done so far is undone.
-func start(ctx context.Context, dir string, opts ServeOptions) (_ *server, err error) {
-	img, err := image.OpenDir(dir, image.OpenOptions{})
-	if errors.Is(err, image.ErrBusy) {
-		return nil, fmt.Errorf("%w: %s: %w", ErrAlreadyAttached, dir, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("attach: open %s: %w", dir, err)
-	}
-	rt := runtimeDir(opts.RunDir, dir)
-	s := &server{dir: dir, rt: rt, opts: opts, img: img, stopped: make(chan struct{}),
-		log: opts.Logger.With("dir", dir), health: func() error { return chainFailure(img.Chain()) }}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, s.abandon())
-		}
-	}()
-	// We hold the image lock: whatever is in rt was left by a dead server.
-	if err := cleanupStale(rt, s.log); err != nil && !errors.Is(err, ErrBusy) {
-		return nil, err
-	}
-	if err := os.MkdirAll(rt, 0o700); err != nil {
-		return nil, fmt.Errorf("attach: runtime dir: %w", err)
-	}
-	if err := s.attachDevice(ctx); err != nil {
-		return nil, err
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(rt, socketName), Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("attach: control socket: %w", err)
-	}
-	s.ln = ln
-	return s, nil
-}
-
-// attachDevice mounts the FUSE file and attaches a loop device to it.
-func (s *server) attachDevice(ctx context.Context) error {
-	bm, err := blockmap.Mount(ctx, filepath.Join(s.rt, mountName), s.img.Chain(), blockmap.Options{
-		RequestTimeout: s.opts.RequestTimeout,
-		Logger:         s.log,
-	})
-	if err != nil {
-		return fmt.Errorf("attach: %w", err)
-	}
-	s.bm = bm
-	info, err := loopdev.AttachInfo(ctx, bm.FilePath(), loopdev.Options{DirectIO: true, BlockSize: 4096})
-	if err != nil {
-		return fmt.Errorf("attach: %w", err)
-	}
-	s.dev = info.Path
-	return nil
-}
-
-// abandon undoes a failed start (nobody knows the device yet, so no
-// filesystem can be mounted on it). It keeps the log: the client reports
-// its last lines and then removes the runtime directory.
-func (s *server) abandon() error {
-	var errs []error
-	if s.ln != nil {
-		errs = append(errs, s.ln.Close())
-	}
-	if s.dev != "" {
-		// A udev probe may hold the new device for a moment: the kernel
-		// then detaches it on the last close, and only after that can the
-		// FUSE mount go.
-		if err := loopdev.Detach(s.dev); err != nil && !errors.Is(err, loopdev.ErrBusy) {
-			errs = append(errs, err)
-		} else if err := s.waitLoopReleased(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if s.bm != nil {
-		errs = append(errs, s.closeFUSE(true))
-	}
-	errs = append(errs, s.img.Close())
-	errs = append(errs, removeAllBut(s.rt, logName))
-	return errors.Join(errs...)
-}
-
-// closeFUSE unmounts the FUSE file once no loop device holds it. The kernel
-// drops a released loop device's reference to the file a moment after
-// sysfs says it is detached, so a busy unmount is retried for a while. A
-// mount that stays busy (someone else opened the file) is, when lazy is
-// set, detached lazily rather than left behind (the kernel ends the
-// connection when its last user goes); otherwise the busy error is returned
-// and the server keeps serving.
-func (s *server) closeFUSE(lazy bool) error {
-	deadline := time.Now().Add(fuseReleaseWait)
-	for {
-		err := s.bm.Close()
-		if err == nil || !errors.Is(err, blockmap.ErrBusy) {
-			return err
-		}
-		if time.Now().After(deadline) {
-			if !lazy {
-				return fmt.Errorf("%w: %w", ErrBusy, err)
-			}
-			s.log.Warn("FUSE mount still busy; detaching it lazily", "mount", filepath.Join(s.rt, mountName), "err", err)
-			if err := unix.Unmount(filepath.Join(s.rt, mountName), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-				return fmt.Errorf("attach: lazy unmount: %w", err)
-			}
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// fuseReleaseWait bounds how long closeFUSE waits for the kernel to drop
-// the last reference to the FUSE file.
-const fuseReleaseWait = 5 * time.Second
-
-// removeAllBut removes everything in dir except the file keep.
-func removeAllBut(dir, keep string) error {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, e := range entries {
-		if e.Name() != keep {
-			errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
-		}
-	}
-	return errors.Join(errs...)
-}
-
 func (s *server) status() Status {
 	c := s.img.Chain()
-	st := Status{Device: s.dev, PID: os.Getpid(), Dir: s.dir, Depth: c.Depth(), Size: c.Size()}
+	s.keepMu.Lock()
+	kept := s.keeper != nil
+	s.keepMu.Unlock()
+	st := Status{Device: s.dev, PID: os.Getpid(), Dir: s.dir, Depth: c.Depth(), Size: c.Size(), Binary: BinaryID(), Kept: kept}
 	if err := s.health(); err != nil {
 		st.Failure = err.Error()
 	}
 	return st
 }
 
-// run serves control requests until the device is detached.
+// run serves control requests until the device is detached or handed
+// over.
 func (s *server) run(ctx context.Context) error {
-	go s.acceptLoop()
+	go s.acceptLoop(s.ln)
 	dead := make(chan struct{})
-	go func() { s.bm.Wait(); close(dead) }()
+	go s.watchFUSE(dead)
 	sig := ctx.Done()
 	health := time.NewTicker(healthEvery)
 	defer health.Stop()
@@ -278,14 +191,32 @@ func (s *server) run(ctx context.Context) error {
 	}
 }
 
-// connectionEnded handles the end of FUSE serving: our own detach, or an
-// abort (watchdog, fusectl, someone unmounted us).
+// watchFUSE closes dead when the FUSE server stops serving (the one in
+// use then: a hand-over that failed after its drain serves anew).
+func (s *server) watchFUSE(dead chan<- struct{}) {
+	for {
+		s.mu.Lock()
+		bm := s.bm
+		s.mu.Unlock()
+		bm.Wait()
+		s.mu.Lock()
+		same := s.bm == bm
+		s.mu.Unlock()
+		if same {
+			close(dead)
+			return
+		}
+	}
+}
+
+// connectionEnded handles the end of FUSE serving: our own detach or
+// hand-over, or an abort (watchdog, fusectl, someone unmounted us).
 func (s *server) connectionEnded() error {
 	s.mu.Lock()
-	ours := s.torn.fuse
+	ours := s.torn.fuse || s.handedOver
 	s.mu.Unlock()
 	if ours {
-		<-s.stopped // the detach request is being answered
+		<-s.stopped // the detach or hand-over is being answered
 		return nil
 	}
 	s.log.Error("FUSE connection ended unexpectedly; the device now fails all I/O")
@@ -299,12 +230,17 @@ func (s *server) connectionEnded() error {
 
 func (s *server) stop() { s.stopOnce.Do(func() { close(s.stopped) }) }
 
-func (s *server) acceptLoop() {
+// acceptLoop answers control connections until ln is closed.
+func (s *server) acceptLoop(ln *net.UnixListener) {
 	for {
-		conn, err := s.ln.Accept()
+		conn, err := ln.Accept()
 		if err != nil {
 			return // closed
 		}
-		go serveConn(conn, s.handle)
+		s.handlers.Add(1)
+		go func() {
+			defer s.handlers.Done()
+			s.serveControl(conn.(*net.UnixConn))
+		}()
 	}
 }

@@ -241,12 +241,12 @@ func TestAbandonKeepsTheLog(t *testing.T) {
 	if len(entries) != 1 || entries[0].Name() != logName {
 		t.Fatalf("after abandon: %v, want only %s", entries, logName)
 	}
-	if tail := logTail(rt); tail != "attach: mount failed: boom" {
+	if tail := LogTail(rt); tail != "attach: mount failed: boom" {
 		t.Fatalf("log tail %q", tail)
 	}
 	big := bytes.Repeat([]byte("0123456789 line\n"), 1000)
 	os.WriteFile(filepath.Join(rt, logName), append(big, []byte("the last line")...), 0o600)
-	if tail := logTail(rt); len(tail) > logTailBytes || !strings.HasSuffix(tail, "the last line") || !strings.HasPrefix(tail, "0123") {
+	if tail := LogTail(rt); len(tail) > logTailBytes || !strings.HasSuffix(tail, "the last line") || !strings.HasPrefix(tail, "0123") {
 		t.Fatalf("long log tail: %d bytes, %q...", len(tail), tail[:20])
 	}
 }
@@ -263,4 +263,21 @@ func openTestImage(t *testing.T) *image.Image {
 		t.Fatal(err)
 	}
 	return img
+}
+
+// TestBinaryIDIsTheGoBuildID: the ID of an executable is its Go build ID
+// (the test binary has one), the same on every call, and different
+// executables differ.
+func TestBinaryIDIsTheGoBuildID(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := computeBinaryID(exe)
+	if !strings.HasPrefix(id, "go:") || len(id) < 20 || id != BinaryID() {
+		t.Fatalf("BinaryID %q, of the file %q", BinaryID(), id)
+	}
+	if other := computeBinaryID("/bin/sh"); other == id || other == "unknown" {
+		t.Fatalf("/bin/sh: %q", other)
+	}
 }

@@ -23,7 +23,7 @@ const fusectlDir = "/sys/fs/fuse/connections"
 // Abort does not touch the FUSE mount (no stat, no open), so it works while
 // the server is stuck.
 func (s *Server) Abort() error {
-	path := filepath.Join(fusectlDir, strconv.FormatUint(s.connDev, 10), "abort")
+	path := filepath.Join(fusectlDir, strconv.FormatUint(s.connID, 10), "abort")
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		if err := mountFusectl(); err != nil {
 			return err

@@ -1,14 +1,22 @@
 // Package blockmap serves a Disk to the kernel as one flat regular file on a
 // FUSE mount, so that a loop device can be attached to that file. This is
 // the bridge between user-space ploop images and a block device on machines
-// without device-mapper, nbd or ublk.
+// without device-mapper, nbd or ublk. The FUSE protocol is pkg/fuse.
 //
 // The mount is tuned for loop with direct I/O on top: the server asks for
-// CAP_ASYNC_DIO (without it the kernel serves loop's async direct I/O one
+// FUSE_ASYNC_DIO (without it the kernel serves loop's async direct I/O one
 // request at a time), opens the file with FOPEN_DIRECT_IO and
 // FOPEN_PARALLEL_DIRECT_WRITES, uses 1 MiB requests and allows 64
 // background requests. It mounts directly with mount(2), so it must run as
 // root and needs no fusermount.
+//
+// A connection can outlive its server. Mount mounts and serves in one
+// step; MountConn only mounts (a keeper holds the descriptor), Serve serves
+// a mounted connection, answering INIT on a fresh one or adopting one that
+// is initialised already (a successor after a hand-over, or after the
+// previous server died, then asking the kernel to re-send what the dead
+// server had taken). Server.Conn hands out what a successor needs;
+// Server.Drain stops serving without disturbing the connection.
 //
 // Teardown order matters: unmount whatever filesystem sits on the loop
 // device, detach the loop device, then Close the Server. Close refuses
@@ -22,14 +30,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
+	"github.com/csi-ploop/csi-ploop/pkg/fuse"
 )
 
 // Disk is what the Server exposes. All methods may be called concurrently.
@@ -48,8 +52,8 @@ type Disk interface {
 const (
 	DefaultFileName       = "disk"
 	DefaultRequestTimeout = 2 * time.Minute
-	DefaultMaxWrite       = 1 << 20 // the kernel's limit (256 pages)
-	DefaultMaxBackground  = 64
+	DefaultMaxWrite       = fuse.MaxMaxWrite // the kernel's limit (256 pages)
+	DefaultMaxBackground  = fuse.DefaultMaxBackground
 )
 
 // Sentinel errors.
@@ -60,7 +64,7 @@ var (
 	ErrInvalidOptions = errors.New("blockmap: invalid options")
 )
 
-// Options configure Mount. The zero value is usable.
+// Options configure Mount and Serve. The zero value is usable.
 type Options struct {
 	// FileName is the name of the flat file in the mount directory.
 	FileName string
@@ -71,22 +75,34 @@ type Options struct {
 	// instead of hanging in D state for ever. Requests waiting behind a
 	// Quiesce are not counted; bound those with Quiesce's context.
 	// 0 means DefaultRequestTimeout; negative disables the watchdog.
-	//
-	// go-fuse v2.12.1 cannot send a per-connection timeout in FUSE_INIT.
-	// The kernel's own timeout, /proc/sys/fs/fuse/default_request_timeout,
-	// is global to the machine and read at mount time; it also catches a
-	// stopped (SIGSTOP) server, which this watchdog cannot.
 	RequestTimeout time.Duration
 
+	// KernelRequestTimeout, when positive, asks the kernel in INIT
+	// (FUSE_REQUEST_TIMEOUT) to abort the connection when any request
+	// stays unanswered that long; it also catches a stopped or absent
+	// server, which the watchdog cannot. Latched for the connection's
+	// life: hand-overs and restarts after a crash must finish well within
+	// it. Used only by a fresh INIT. 0: none.
+	KernelRequestTimeout time.Duration
+
 	// MaxWrite is the largest read or write request; 0 means
-	// DefaultMaxWrite. go-fuse caps it at the kernel's limit. Every request
-	// in flight holds a buffer of about this size, so memory use peaks
-	// near (MaxBackground + a few) * MaxWrite.
+	// DefaultMaxWrite, which is also the maximum. Each FUSE reader holds
+	// a buffer of about this size.
 	MaxWrite int
 
 	// MaxBackground is how many async requests the kernel keeps in
-	// flight; 0 means DefaultMaxBackground.
+	// flight; 0 means DefaultMaxBackground. Used only by a fresh INIT.
 	MaxBackground int
+
+	// Readers is the number of goroutines reading requests; 0 means
+	// fuse.DefaultReaders.
+	Readers int
+
+	// Resend, when Serve adopts an initialised connection, first asks the
+	// kernel to re-send every request a previous server read and did not
+	// answer (FUSE_NOTIFY_RESEND, Linux 6.9). Use it after that server
+	// died, never while it still serves (its requests would run twice).
+	Resend bool
 
 	// Logger receives Disk errors and watchdog events; nil means
 	// slog.Default().
@@ -106,7 +122,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.RequestTimeout == 0 {
 		o.RequestTimeout = DefaultRequestTimeout
 	}
-	if o.MaxWrite <= 0 {
+	if o.MaxWrite <= 0 || o.MaxWrite > DefaultMaxWrite {
 		o.MaxWrite = DefaultMaxWrite
 	}
 	if o.MaxBackground <= 0 {
@@ -118,33 +134,15 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// Server serves one Disk on one FUSE mount.
-type Server struct {
-	disk     Disk
-	opts     Options
-	log      *slog.Logger
-	mountDir string
-	filePath string
-
-	fuse    *fuse.Server
-	gate    *gate
-	wd      watchdog
-	results sync.Pool // *readResult
-	errs    errorLog
-
-	// connDev is the kernel dev_t of the FUSE superblock; it names the
-	// connection's directory under /sys/fs/fuse/connections.
-	connDev uint64
-
-	done chan struct{} // closed when serving ends (unmount or abort)
-
-	closeMu sync.Mutex
-	closed  bool
+func (o Options) initOptions() fuse.InitOptions {
+	return fuse.InitOptions{MaxWrite: o.MaxWrite, MaxBackground: o.MaxBackground,
+		RequestTimeout: o.KernelRequestTimeout}
 }
 
 // Mount mounts a FUSE filesystem on mountDir (created if missing) holding
 // one file that reads and writes disk, and serves it until Close or until
 // the connection ends. Must run as root. ctx bounds only the mount itself.
+// The Server owns the mount and its descriptors.
 func Mount(ctx context.Context, mountDir string, disk Disk, opts Options) (*Server, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -153,135 +151,14 @@ func Mount(ctx context.Context, mountDir string, disk Disk, opts Options) (*Serv
 	if err != nil {
 		return nil, err
 	}
-	dir, err := filepath.Abs(mountDir)
+	conn, err := MountConn(ctx, mountDir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("blockmap: mount dir: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("blockmap: mount dir: %w", err)
-	}
-	s := newServer(dir, disk, opts)
-	if err := s.start(); err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, errors.Join(err, s.Close())
+	dir := conn.Dir
+	s, err := Serve(ctx, conn, disk, opts)
+	if err != nil {
+		return nil, errors.Join(err, unmountAbandoned(dir))
 	}
 	return s, nil
-}
-
-func newServer(dir string, disk Disk, opts Options) *Server {
-	s := &Server{
-		disk:     disk,
-		opts:     opts,
-		log:      opts.Logger.With("mount", dir),
-		mountDir: dir,
-		filePath: filepath.Join(dir, opts.FileName),
-		gate:     newGate(),
-		done:     make(chan struct{}),
-	}
-	s.results.New = func() any { return &readResult{pool: &s.results} }
-	return s
-}
-
-// start mounts, starts serving and the watchdog.
-func (s *Server) start() error {
-	raw := &rawFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), srv: s, name: s.opts.FileName}
-	srv, err := fuse.NewServer(raw, s.mountDir, s.mountOptions())
-	if err != nil {
-		return fmt.Errorf("blockmap: mount %s: %w", s.mountDir, err)
-	}
-	s.fuse = srv
-	go func() {
-		srv.Serve()
-		close(s.done)
-	}()
-	if err := srv.WaitMount(); err != nil {
-		return errors.Join(fmt.Errorf("blockmap: mount %s: %w", s.mountDir, err), s.Close())
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(s.mountDir, &st); err != nil {
-		return errors.Join(fmt.Errorf("blockmap: stat mount: %w", err), s.Close())
-	}
-	s.connDev = kernelDev(st.Dev)
-	if s.opts.RequestTimeout > 0 {
-		go s.wd.run(s.opts.RequestTimeout, s.done, s.onOverdue)
-	}
-	return nil
-}
-
-// mountOptions: why each setting is there is in the package comment and
-// in docs/../shared/notes/fuse-and-loop-on-this-machine.md.
-func (s *Server) mountOptions() *fuse.MountOptions {
-	return &fuse.MountOptions{
-		FsName:            "blockmap",
-		Name:              "blockmap",
-		DirectMountStrict: true,
-		MaxWrite:          s.opts.MaxWrite,
-		MaxBackground:     s.opts.MaxBackground,
-		// go-fuse masks the kernel's offer with its own list;
-		// ExtraCapabilities adds to that list.
-		ExtraCapabilities:  fuse.CAP_ASYNC_DIO,
-		DisableXAttrs:      true,
-		DisableReadDirPlus: true,
-		// Splicing only helps fd-backed read results; for byte
-		// results go-fuse would set up a pipe and then give up.
-		DisableSplice: true,
-		Debug:         s.opts.Debug,
-		Logger:        slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
-}
-
-// kernelDev converts a user-space st_dev into the kernel's internal dev_t
-// encoding (major<<20 | minor), which fusectl uses as directory name.
-func kernelDev(dev uint64) uint64 {
-	return uint64(unix.Major(dev))<<20 | uint64(unix.Minor(dev))
-}
-
-// FilePath is the flat file to attach a loop device to.
-func (s *Server) FilePath() string { return s.filePath }
-
-// Quiesce blocks new requests, waits for those in flight, runs fn and
-// resumes. Writers see a pause, never an error. If ctx ends before the
-// drain completes, I/O resumes and ctx's error is returned without running
-// fn. fn must not do I/O on FilePath (it would wait for itself); it may call
-// Resized, which is not gated. Concurrent Quiesce calls run one after
-// another.
-func (s *Server) Quiesce(ctx context.Context, fn func() error) error {
-	return s.gate.quiesce(ctx, fn)
-}
-
-// Wait blocks until the file system is unmounted or the connection ends.
-func (s *Server) Wait() { <-s.done }
-
-// Close unmounts. With a loop device (or any other user) still holding the
-// file open it returns an error matching ErrBusy and keeps serving, so that
-// nothing loses I/O; detach the loop device and call Close again. Close is
-// idempotent and also cleans up after Abort.
-func (s *Server) Close() error {
-	s.closeMu.Lock()
-	defer s.closeMu.Unlock()
-	if s.closed {
-		return nil
-	}
-	if err := s.fuse.Unmount(); err != nil && !s.goneAway(err) {
-		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("%w: %s: %w", ErrBusy, s.mountDir, err)
-		}
-		return fmt.Errorf("blockmap: unmount %s: %w", s.mountDir, err)
-	}
-	<-s.done
-	s.closed = true
-	return nil
-}
-
-// goneAway reports whether an unmount error only says that someone else
-// already unmounted the file system.
-func (s *Server) goneAway(err error) bool {
-	select {
-	case <-s.done:
-		return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT)
-	default:
-		return false
-	}
 }

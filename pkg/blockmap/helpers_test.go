@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,6 +20,10 @@ type fileDisk struct {
 	flushes  atomic.Int64
 	writes   atomic.Int64
 	discards atomic.Int64
+	maxWrite atomic.Int64
+	// unaligned counts ReadAt/WriteAt buffers that are not page aligned:
+	// the FUSE layer promises aligned ones (O_DIRECT backing files).
+	unaligned atomic.Int64
 
 	// paused is set by tests while a Quiesce fn runs; any Disk call seen
 	// then is a violation.
@@ -54,7 +59,14 @@ func (d *fileDisk) check() {
 
 func (d *fileDisk) ReadAt(p []byte, off int64) (int, error) {
 	d.check()
+	d.checkAligned(p)
 	return d.f.ReadAt(p, off)
+}
+
+func (d *fileDisk) checkAligned(p []byte) {
+	if uintptr(unsafe.Pointer(unsafe.SliceData(p)))%4096 != 0 {
+		d.unaligned.Add(1)
+	}
 }
 
 func (d *fileDisk) WriteAt(p []byte, off int64) (int, error) {
@@ -68,6 +80,13 @@ func (d *fileDisk) WriteAt(p []byte, off int64) (int, error) {
 		<-release
 	}
 	d.writes.Add(1)
+	d.checkAligned(p)
+	for n := int64(len(p)); ; {
+		m := d.maxWrite.Load()
+		if n <= m || d.maxWrite.CompareAndSwap(m, n) {
+			break
+		}
+	}
 	return d.f.WriteAt(p, off)
 }
 
@@ -143,6 +162,13 @@ func openFile(t *testing.T, s *Server) *os.File {
 	}
 	t.Cleanup(func() { f.Close() })
 	return f
+}
+
+// alignedTestBuffer returns n bytes at a page-aligned address (O_DIRECT).
+func alignedTestBuffer(n int) []byte {
+	b := make([]byte, n+4096)
+	shift := (4096 - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))%4096)) % 4096
+	return b[shift : shift+n]
 }
 
 func pattern(n int, seed byte) []byte {

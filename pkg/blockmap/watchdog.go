@@ -12,8 +12,8 @@ import (
 // request fails with an error instead of hanging in D state for ever.
 //
 // Answering just the one late request with EIO is not safe: its buffer
-// belongs to go-fuse and is reused as soon as the handler returns, while
-// the Disk call would still be reading or writing it.
+// belongs to the FUSE reader and is reused as soon as the handler returns,
+// while the Disk call would still be reading or writing it.
 //
 // Instead of timestamping each request (a clock read and a shared table on
 // the hot path) requests are counted in one of three epoch slots. The

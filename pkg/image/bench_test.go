@@ -11,7 +11,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -75,11 +78,19 @@ func benchFill(b *testing.B, write func(p []byte, off int64) error, n int64) {
 	}
 }
 
-// benchNewChain creates a 1 GiB delta in dir and opens it with direct I/O.
+// benchNewChain creates a 1 GiB delta of 1 MiB clusters in dir and opens it
+// with direct I/O.
 func benchNewChain(b *testing.B, dir string) *Chain {
 	b.Helper()
+	return benchChain(b, dir, benchVirtual, DefaultClusterSize)
+}
+
+// benchChain creates (or replaces) dir/root.hds and opens it with direct I/O.
+func benchChain(b *testing.B, dir string, size, cs int64) *Chain {
+	b.Helper()
 	path := filepath.Join(dir, "root.hds")
-	if err := CreateDelta(path, benchVirtual, DefaultClusterSize); err != nil {
+	os.Remove(path)
+	if err := CreateDelta(path, size, cs); err != nil {
 		b.Fatal(err)
 	}
 	c, err := OpenChain([]string{path}, ChainOptions{FS: NewOSFS(true)})
@@ -165,9 +176,9 @@ func BenchmarkIO4K(b *testing.B) {
 }
 
 // BenchmarkAllocWrite4K: every 4 KiB write lands in a cluster (1 MiB) nothing
-// holds yet, so the chain allocates: extend, write, fdatasync, BAT entry.
-// The plain file writes into holes at the same offsets, without and with an
-// fdatasync per write. When the 1 GiB disk is used up, a fresh one is made
+// holds yet, so the chain allocates (space reserved ahead, data written, BAT
+// entry pending until a flush), one write at a time. The plain file writes
+// into holes at the same offsets, without and with an fdatasync per write. When the 1 GiB disk is used up, a fresh one is made
 // with the timer stopped.
 func BenchmarkAllocWrite4K(b *testing.B) {
 	buf := benchAligned(benchIO)
@@ -268,5 +279,148 @@ func BenchmarkDepthRandRead4K(b *testing.B) {
 			}
 			benchIOPattern(b, chainTarget(c), false, true)
 		})
+	}
+}
+
+// BenchmarkRandWrite4K: random 4 KiB writes from 32 goroutines (fio's qd32)
+// over a 256 MiB disk, every 4 KiB block once per pass in random order:
+// "first-touch" on a fresh image (every cluster is allocated on the way,
+// the BAT committed at the end of the pass as a flush would) against
+// "allocated" (the same image, filled before), for 64 KiB and 1 MiB
+// clusters; "plain" is a sparse O_DIRECT file, fresh or filled. Run with
+//
+//	go test ./pkg/image -run '^$' -bench RandWrite4K -benchtime 5x
+//
+// and compare kIOPS; interleave runs when the machine is shared.
+func BenchmarkRandWrite4K(b *testing.B) {
+	const size = 256 << 20
+	blocks := rand.New(rand.NewPCG(7, 7)).Perm(size / benchIO)
+	for _, cs := range []int64{64 << 10, 1 << 20} {
+		b.Run(fmt.Sprintf("cs=%dK/first-touch", cs>>10), func(b *testing.B) {
+			dir := b.TempDir()
+			benchPasses(b, blocks, func() (benchTarget, func()) {
+				c := benchChain(b, dir, size, cs)
+				return chainTarget(c), func() {
+					if err := c.Flush(); err != nil {
+						b.Fatal(err)
+					}
+					c.Close()
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("cs=%dK/allocated", cs>>10), func(b *testing.B) {
+			c := benchChain(b, b.TempDir(), size, cs)
+			defer c.Close()
+			benchFill(b, chainTarget(c).write, size)
+			if err := c.Flush(); err != nil {
+				b.Fatal(err)
+			}
+			benchPasses(b, blocks, func() (benchTarget, func()) { return chainTarget(c), func() {} })
+		})
+	}
+	for _, filled := range []bool{false, true} {
+		name := "plain/first-touch"
+		if filled {
+			name = "plain/allocated"
+		}
+		b.Run(name, func(b *testing.B) {
+			dir := b.TempDir()
+			benchPasses(b, blocks, func() (benchTarget, func()) {
+				os.Remove(filepath.Join(dir, "plain.raw"))
+				f := benchNewPlain(b, dir)
+				t := plainTarget(int(f.Fd()))
+				if filled {
+					benchFill(b, t.write, size)
+				}
+				return t, func() { f.Close() }
+			})
+		})
+	}
+}
+
+// benchPasses runs b.N passes of writes to every block (4 KiB units, in the
+// order given) from 32 goroutines; setup runs untimed before each pass and
+// returns the target and what ends the pass (timed: a flush belongs to it).
+func benchPasses(b *testing.B, blocks []int, setup func() (benchTarget, func())) {
+	var elapsed time.Duration
+	for range b.N {
+		t, done := setup()
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := benchAligned(benchIO)
+				for i := next.Add(1) - 1; i < int64(len(blocks)); i = next.Add(1) - 1 {
+					buf[0] = byte(i)
+					if err := t.write(buf, int64(blocks[i])*benchIO); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		done()
+		elapsed += time.Since(start)
+	}
+	b.ReportMetric(float64(b.N*len(blocks))/elapsed.Seconds()/1000, "kIOPS")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkCopyUp4K: the first 4 KiB write into a cluster after a snapshot,
+// one at a time, with the frozen delta holding data in the whole cluster
+// (a full copy-up: read and write the rest of the cluster) or not holding
+// the cluster at all (an allocation, nothing copied), for 64 KiB and 1 MiB
+// clusters; ns/op is the cost of one such write (no flush).
+func BenchmarkCopyUp4K(b *testing.B) {
+	const size = 256 << 20
+	buf := benchAligned(benchIO)
+	for i := range buf {
+		buf[i] = byte(i | 1)
+	}
+	for _, cs := range []int64{64 << 10, 1 << 20} {
+		for _, lowerFull := range []bool{true, false} {
+			name := fmt.Sprintf("cs=%dK/lower=none", cs>>10)
+			if lowerFull {
+				name = fmt.Sprintf("cs=%dK/lower=full", cs>>10)
+			}
+			b.Run(name, func(b *testing.B) {
+				dir := b.TempDir()
+				var c *Chain
+				var k int64
+				fresh := func() {
+					if c != nil {
+						c.Close()
+					}
+					os.Remove(filepath.Join(dir, "top.hds"))
+					c = benchChain(b, dir, size, cs)
+					if lowerFull {
+						benchFill(b, chainTarget(c).write, size)
+					}
+					if err := c.Snapshot(filepath.Join(dir, "top.hds"), nil); err != nil {
+						b.Fatal(err)
+					}
+					k = 0
+				}
+				fresh()
+				b.SetBytes(benchIO)
+				for b.Loop() {
+					if k == size/cs {
+						b.StopTimer()
+						fresh()
+						b.StartTimer()
+					}
+					if _, err := c.WriteAt(buf, k*cs+cs/2); err != nil {
+						b.Fatal(err)
+					}
+					k++
+				}
+				b.StopTimer()
+				c.Close()
+			})
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // Chain is an ordered stack of deltas, bottom first; the top one takes writes
@@ -23,8 +24,16 @@ type Chain struct {
 	readOnly bool
 	closed   bool
 
+	// failed holds the sticky error (wrapping ErrSyncFailed) once a sync or
+	// metadata write of a delta failed; see Err.
+	failed atomic.Pointer[error]
+
 	// stripes serialise allocation of the same virtual cluster.
 	stripes [256]sync.Mutex
+
+	pend  pendingBAT  // allocations the next commit writes to the BAT
+	group groupCommit // concurrent flushes share commits
+	bufs  sync.Pool   // *[]byte of one cluster, aligned for direct I/O (copy-up)
 }
 
 // ChainOptions configures OpenChain.
@@ -42,6 +51,7 @@ func OpenChain(paths []string, opts ChainOptions) (*Chain, error) {
 		opts.FS = NewOSFS(true)
 	}
 	c := &Chain{fs: opts.FS, readOnly: opts.ReadOnly}
+	c.pend.dirty = map[int64]struct{}{}
 	for i, p := range paths {
 		writable := i == len(paths)-1 && !opts.ReadOnly
 		d, err := openDelta(opts.FS, p, writable)
@@ -81,7 +91,7 @@ func (c *Chain) loadDelta(level int, d *Delta, limit uint32) error {
 	}
 	// Two entries sharing a cluster would let a write to one change the other.
 	used := newBitmap(fileSize / d.h.ClusterSize())
-	return d.forEachEntry(func(vc, entry uint32) error {
+	err = d.forEachEntry(func(vc, entry uint32) error {
 		if err := d.entryError(vc, entry, fileSize); err != nil {
 			return err
 		}
@@ -93,6 +103,10 @@ func (c *Chain) loadDelta(level int, d *Delta, limit uint32) error {
 		}
 		return nil
 	})
+	if err == nil && d.writable {
+		err = d.findFree(used, fileSize)
+	}
+	return err
 }
 
 // Size returns the virtual size in bytes.
@@ -153,8 +167,16 @@ func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	n := int(min(int64(len(p)), c.size-off))
-	err := c.span(off, n, func(vc uint32, inner int64, lo, hi int) error {
-		return c.readCluster(p[lo:hi], vc, inner)
+	err := c.runs(off, n, func(r run) error {
+		if !r.held {
+			clear(p[r.lo:r.hi])
+			return nil
+		}
+		d := c.deltas[r.loc.level]
+		if _, err := d.f.ReadAt(p[r.lo:r.hi], r.fileOff); err != nil {
+			return fmt.Errorf("read %s: %w", d.path, err)
+		}
+		return nil
 	})
 	if err != nil {
 		return 0, err
@@ -165,19 +187,6 @@ func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-func (c *Chain) readCluster(p []byte, vc uint32, inner int64) error {
-	loc, ok := c.m.get(vc)
-	if !ok {
-		clear(p)
-		return nil
-	}
-	d := c.deltas[loc.level]
-	if _, err := d.f.ReadAt(p, d.h.clusterOffset(loc.entry)+inner); err != nil {
-		return fmt.Errorf("read %s: %w", d.path, err)
-	}
-	return nil
-}
-
 // WriteAt writes to the virtual disk. A write to a cluster the top does not
 // hold allocates one; a partial write copies the rest of the cluster up first.
 func (c *Chain) WriteAt(p []byte, off int64) (int, error) {
@@ -186,99 +195,142 @@ func (c *Chain) WriteAt(p []byte, off int64) (int, error) {
 	if err := c.checkWrite(off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	err := c.span(off, len(p), func(vc uint32, inner int64, lo, hi int) error {
-		return c.writeCluster(p[lo:hi], vc, inner)
+	top, topLevel := c.top(), len(c.deltas)-1
+	err := c.runs(off, len(p), func(r run) error {
+		if r.held && r.loc.level == topLevel { // overwrite: one request
+			return writeDelta(top, p[r.lo:r.hi], r.fileOff)
+		}
+		return c.span(off+int64(r.lo), r.hi-r.lo, func(vc uint32, inner int64, lo, hi int) error {
+			return c.writeCluster(p[r.lo+lo:r.lo+hi], vc, inner)
+		})
 	})
 	if err != nil {
-		return 0, err
+		return 0, c.note(err)
 	}
 	return len(p), nil
 }
 
+// run is a piece of an I/O that one delta can serve in one request:
+// clusters consecutive in the virtual disk and in that delta's file (a
+// sequential write lays them out so), or held by no delta.
+type run struct {
+	held    bool     // some delta holds it (else it reads as zeros)
+	loc     location // of its first cluster
+	fileOff int64    // where it starts in that delta's file
+	lo, hi  int      // the piece of the caller's buffer
+}
+
+// runs calls fn for each maximal run of [off, off+n), in order.
+func (c *Chain) runs(off int64, n int, fn func(run) error) error {
+	var cur run
+	have := false
+	err := c.span(off, n, func(vc uint32, inner int64, lo, hi int) error {
+		loc, held := c.m.get(vc)
+		var fileOff int64
+		if held {
+			fileOff = c.deltas[loc.level].h.clusterOffset(loc.entry) + inner
+		}
+		if have && held == cur.held && (!held || loc.level == cur.loc.level && fileOff == cur.fileOff+int64(cur.hi-cur.lo)) {
+			cur.hi = hi
+			return nil
+		}
+		if have {
+			if err := fn(cur); err != nil {
+				return err
+			}
+		}
+		cur, have = run{held: held, loc: loc, fileOff: fileOff, lo: lo, hi: hi}, true
+		return nil
+	})
+	if err == nil && have {
+		err = fn(cur)
+	}
+	return err
+}
+
 func (c *Chain) checkWrite(off, n int64) error {
+	if err := c.checkModify(); err != nil {
+		return err
+	}
+	if off < 0 || n < 0 || off > c.size-n { // never off+n: it can overflow
+		return fmt.Errorf("%w: write of %d bytes at %d outside the %d-byte disk", ErrInvalid, n, off, c.size)
+	}
+	return nil
+}
+
+// checkModify says why the chain cannot be changed, or nil.
+func (c *Chain) checkModify() error {
 	switch {
 	case c.closed:
 		return ErrClosed
 	case c.readOnly:
 		return ErrReadOnly
-	case off < 0 || n < 0 || off > c.size-n: // never off+n: it can overflow
-		return fmt.Errorf("%w: write of %d bytes at %d outside the %d-byte disk", ErrInvalid, n, off, c.size)
+	}
+	if err := c.Err(); err != nil {
+		return fmt.Errorf("chain failed earlier: %w", err)
 	}
 	return nil
+}
+
+// Err returns the sticky error of the chain (wrapping ErrSyncFailed) once a
+// sync or a metadata write of one of its deltas has failed, else nil. From
+// then on writes, discards, flushes, snapshots and grows fail; reads go on.
+// Only closing the image, checking it and opening it again clears it.
+func (c *Chain) Err() error {
+	if p := c.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// note records err as the chain's sticky error if it is a sync failure, and
+// returns it.
+func (c *Chain) note(err error) error {
+	if errors.Is(err, ErrSyncFailed) {
+		c.failed.CompareAndSwap(nil, &err)
+	}
+	return err
 }
 
 func (c *Chain) writeCluster(p []byte, vc uint32, inner int64) error {
 	top := c.top()
 	topLevel := len(c.deltas) - 1
 	if loc, ok := c.m.get(vc); ok && loc.level == topLevel {
-		return c.writeTop(top, p, loc.entry, inner)
+		return writeDelta(top, p, top.h.clusterOffset(loc.entry)+inner)
 	}
 	stripe := &c.stripes[vc%uint32(len(c.stripes))]
 	stripe.Lock()
 	defer stripe.Unlock()
 	loc, ok := c.m.get(vc)
 	if ok && loc.level == topLevel { // allocated while we waited
-		return c.writeTop(top, p, loc.entry, inner)
+		return writeDelta(top, p, top.h.clusterOffset(loc.entry)+inner)
 	}
 	return c.allocateAndWrite(top, vc, p, inner, loc, ok)
 }
 
-func (c *Chain) writeTop(top *Delta, p []byte, entry uint32, inner int64) error {
-	if _, err := top.f.WriteAt(p, top.h.clusterOffset(entry)+inner); err != nil {
-		return fmt.Errorf("write %s: %w", top.path, err)
-	}
-	return nil
-}
-
-// allocateAndWrite gives vc a cluster in the top delta holding p at inner,
-// with the rest of the cluster copied up from below (or left a hole when no
-// lower delta holds it). The data is synced before the BAT entry is written.
-func (c *Chain) allocateAndWrite(top *Delta, vc uint32, p []byte, inner int64, below location, inLower bool) error {
-	off, entry, err := top.allocate()
-	if err != nil {
-		return err
-	}
-	data, at := p, off+inner
-	if inLower && int64(len(p)) < c.cs {
-		buf := make([]byte, c.cs)
-		if err := c.readCluster(buf, vc, 0); err != nil {
-			return err
-		}
-		copy(buf[inner:], p)
-		data, at = buf, off
-	}
-	if len(data) > 0 {
-		if _, err := top.f.WriteAt(data, at); err != nil {
-			return fmt.Errorf("write %s: %w", top.path, err)
-		}
-	}
-	if err := top.f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", top.path, err)
-	}
-	if err := top.setEntry(vc, entry); err != nil {
-		return err
-	}
-	c.m.set(vc, location{level: len(c.deltas) - 1, entry: entry})
-	return nil
-}
-
-// Flush makes every completed write durable.
+// Flush makes every completed write durable: data, and the BAT entries of
+// the clusters allocated since the last flush (group commit: concurrent
+// flushes share the work).
 func (c *Chain) Flush() error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.closed {
-		return ErrClosed
-	}
-	if c.readOnly {
+	if c.readOnly && !c.closed {
 		return nil
 	}
-	if err := c.top().f.Sync(); err != nil {
-		return fmt.Errorf("flush %s: %w", c.top().path, err)
+	if err := c.checkModify(); err != nil {
+		return err
+	}
+	if err := c.group.do(c.commit); err != nil {
+		return err
+	}
+	if err := c.Err(); err != nil { // a commit we shared failed
+		return fmt.Errorf("flush: %w", err)
 	}
 	return nil
 }
 
 // Close flushes, clears the in-use mark of the top and closes every delta.
+// A failed chain (Err) keeps the mark: the next open checks the image.
 func (c *Chain) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -286,13 +338,17 @@ func (c *Chain) Close() error {
 		return nil
 	}
 	c.closed = true
-	return c.closeDeltas()
+	var err error
+	if !c.readOnly && c.Err() == nil {
+		err = c.commit()
+	}
+	return errors.Join(err, c.closeDeltas())
 }
 
 func (c *Chain) closeDeltas() error {
 	var errs []error
 	for _, d := range c.deltas {
-		errs = append(errs, d.close())
+		errs = append(errs, c.note(d.close(c.Err() == nil)))
 	}
 	return errors.Join(errs...)
 }

@@ -19,7 +19,7 @@ func (c *Chain) Discard(off, length int64) error {
 		vc, inner := uint32(pos/c.cs), pos%c.cs
 		n := min(off+length-pos, c.cs-inner)
 		if err := c.discardCluster(vc, inner, n); err != nil {
-			return err
+			return c.note(err)
 		}
 		pos += n
 	}
@@ -48,20 +48,25 @@ func (c *Chain) discardCluster(vc uint32, inner, n int64) error {
 }
 
 // Snapshot freezes the current top and sends new writes to a fresh empty
-// delta at newTop. commit, if not nil, runs once the new delta is durable and
+// delta at newTop. record, if not nil, runs once the new delta is durable and
 // before any write reaches it: it records the new chain (the descriptor), and
 // if it fails the chain stays as it was. The cost does not depend on how much
 // data the chain holds. I/O waits while it runs.
-func (c *Chain) Snapshot(newTop string, commit func() error) error {
+func (c *Chain) Snapshot(newTop string, record func() error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return ErrClosed
+	if err := c.checkModify(); err != nil {
+		return err
 	}
-	if c.readOnly {
-		return ErrReadOnly
-	}
+	return c.note(c.snapshot(newTop, record))
+}
+
+func (c *Chain) snapshot(newTop string, record func() error) error {
 	old := c.top()
+	// The frozen delta gets every pending BAT entry first.
+	if err := c.commit(); err != nil {
+		return err
+	}
 	h, err := NewHeader(c.size, c.cs)
 	if err != nil {
 		return err
@@ -74,15 +79,21 @@ func (c *Chain) Snapshot(newTop string, commit func() error) error {
 		_ = c.fs.Remove(newTop)
 		return err
 	}
-	// A frozen delta is closed cleanly: everything it holds is synced first.
-	if err := old.setInUse(false); err != nil {
-		nd.close()
+	// A frozen delta is closed cleanly: no reserved tail, everything it
+	// holds synced.
+	if err := old.trimReserve(); err != nil {
+		nd.close(true)
 		_ = c.fs.Remove(newTop)
 		return err
 	}
-	if commit != nil {
-		if err := commit(); err != nil {
-			nd.close()
+	if err := old.setInUse(false); err != nil {
+		nd.close(true)
+		_ = c.fs.Remove(newTop)
+		return err
+	}
+	if record != nil {
+		if err := record(); err != nil {
+			nd.close(true)
 			_ = c.fs.Remove(newTop)
 			return fmt.Errorf("record snapshot: %w", errors.Join(err, old.setInUse(true)))
 		}
@@ -96,11 +107,8 @@ func (c *Chain) Snapshot(newTop string, commit func() error) error {
 func (c *Chain) Grow(size int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return ErrClosed
-	}
-	if c.readOnly {
-		return ErrReadOnly
+	if err := c.checkModify(); err != nil {
+		return err
 	}
 	if size < c.size {
 		return fmt.Errorf("%w: cannot shrink from %d to %d bytes", ErrInvalid, c.size, size)
@@ -109,9 +117,13 @@ func (c *Chain) Grow(size int64) error {
 		return nil
 	}
 	topLevel := len(c.deltas) - 1
+	// Relocation works from the on-disk BAT: pending entries go there first.
+	if err := c.commit(); err != nil {
+		return err
+	}
 	moved, err := c.top().grow(size)
 	if err != nil {
-		return err
+		return c.note(err)
 	}
 	for vc, entry := range moved {
 		c.m.set(vc, location{level: topLevel, entry: entry})

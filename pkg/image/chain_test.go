@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 func openTestImage(t *testing.T, size, cluster int64) *Image {
@@ -356,8 +357,19 @@ func TestHugeBATEntryCountTerminates(t *testing.T) {
 	f.WriteAt(h.Encode(), 0)
 	f.Truncate(h.DataStart())
 	f.Close()
-	// Must end (with or without an error), not loop for ever.
-	if c, err := OpenChain([]string{path}, ChainOptions{ReadOnly: true}); err == nil {
-		c.Close()
+	// Must end (with or without an error), not loop for ever. The deadline
+	// is its own: a regression fails here, not at the global test timeout.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if c, err := OpenChain([]string{path}, ChainOptions{ReadOnly: true}); err == nil {
+			c.Close()
+		}
+	}()
+	const deadline = 3 * time.Minute // ~15 s on an idle 2-core VM
+	select {
+	case <-done:
+	case <-time.After(deadline):
+		t.Fatalf("OpenChain of a %d-entry BAT still running after %v: the BAT walk does not terminate", h.BATEntries, deadline)
 	}
 }

@@ -179,6 +179,9 @@ func (c *deltaChecker) run() error {
 	if err := c.unshare(shared, &end); err != nil {
 		return err
 	}
+	if err := c.punchUnused(used, end); err != nil {
+		return err
+	}
 	if err := c.trim(end); err != nil {
 		return err
 	}
@@ -191,7 +194,7 @@ func (c *deltaChecker) run() error {
 		c.add(SevWarning, c.repair, "in-use mark set: the image was not closed cleanly")
 	}
 	if c.dirty {
-		return c.d.f.Sync()
+		return c.d.sync()
 	}
 	return nil
 }
@@ -242,6 +245,46 @@ func (c *deltaChecker) entry(vc uint32) (uint32, error) {
 		return 0, err
 	}
 	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24, nil
+}
+
+// punchUnused reports clusters before end that no BAT entry uses but that
+// hold data, and with repair punches every unused cluster (the ones that
+// hold only reserved space too, which SEEK_DATA cannot tell from holes):
+// allocations whose entries a crash kept from the BAT (group commit writes
+// them at the next flush). Punched, they cost no space, and the next writer
+// reuses them (Delta.findFree).
+func (c *deltaChecker) punchUnused(used bitmap, end int64) error {
+	h := c.d.h
+	if h.Version != 2 {
+		return nil // v1 clusters need not be aligned; v1 is read-only anyway
+	}
+	cs := h.ClusterSize()
+	leaked := 0
+	for pc := (h.DataStart() + cs - 1) / cs; pc < end/cs; {
+		if used.test(pc) {
+			pc++
+			continue
+		}
+		run := pc
+		for pc < end/cs && !used.test(pc) {
+			pc++
+		}
+		holes, err := holeClusters(c.d.f, run*cs, pc*cs, cs)
+		if err != nil {
+			return err
+		}
+		leaked += int(pc-run) - len(holes)
+		if c.repair {
+			if err := c.d.f.Punch(run*cs, (pc-run)*cs); err != nil {
+				return fmt.Errorf("punch unused clusters: %w", err)
+			}
+			c.dirty = true
+		}
+	}
+	if leaked > 0 {
+		c.add(SevWarning, c.repair, "%d clusters inside the file hold data but no BAT entry points at them (leaked; punched when repaired)", leaked)
+	}
+	return nil
 }
 
 // trim reports (and with repair cuts) file space past the last used cluster:

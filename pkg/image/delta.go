@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
+
+	"github.com/csi-ploop/csi-ploop/pkg/durable"
 )
 
 // Sentinel errors of the package, checked with errors.Is.
@@ -15,6 +16,12 @@ var (
 	ErrReadOnly = errors.New("image is read-only")
 	ErrInvalid  = errors.New("invalid argument")
 	ErrClosed   = errors.New("chain is closed")
+	// ErrSyncFailed means a sync of a delta, or a write of its metadata
+	// (header, BAT), failed. The page cache may have dropped what was
+	// written before, so a chain that saw it is failed for good: every
+	// later write, discard, flush, snapshot and grow returns it, until the
+	// image is closed, checked and reopened (Chain.Err).
+	ErrSyncFailed = errors.New("sync failed: close, check and reopen the image")
 )
 
 // Delta is one open delta file.
@@ -24,8 +31,10 @@ type Delta struct {
 	h        Header
 	writable bool
 
-	allocMu sync.Mutex // guards next and file growth
-	next    int64      // byte offset of the next cluster to allocate
+	allocMu  sync.Mutex // guards next, reserved, free and file growth
+	next     int64      // byte offset of the next cluster to allocate
+	reserved int64      // the file's space is allocated up to here (>= next)
+	free     []int64    // clusters below next no entry uses, holes: reused first
 }
 
 // Path returns the file the delta was opened from.
@@ -49,39 +58,25 @@ func CreateDelta(path string, size, clusterSize int64) error {
 // createDelta writes a delta under a temporary name and renames it into place,
 // so path either does not exist or is a complete, durable, empty delta.
 func createDelta(fsys FS, path string, h Header) error {
-	tmp := path + ".tmp"
-	if err := fsys.Remove(tmp); err != nil {
-		return err
-	}
-	f, err := fsys.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("create delta: %w", err)
-	}
 	h.InUse = false
-	err = writeNewDelta(f, h)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err := durable.WriteFileWith(durableFS{fsys}, path, func(f durable.File) error {
+		return writeNewDelta(f.(File), h) // durableFS creates image Files
+	})
 	if err != nil {
-		_ = fsys.Remove(tmp)
-		return fmt.Errorf("create delta %s: %w", path, err)
-	}
-	if err := fsys.Rename(tmp, path); err != nil {
 		return fmt.Errorf("create delta: %w", err)
 	}
-	return fsys.SyncDir(filepath.Dir(path))
+	return nil
 }
 
+// writeNewDelta lays out an empty delta; the caller syncs it.
 func writeNewDelta(f File, h Header) error {
 	// The BAT stays a hole (zeros: every cluster unallocated), so creation is
 	// instant at any size.
 	if err := f.Truncate(h.DataStart()); err != nil {
 		return err
 	}
-	if _, err := f.WriteAt(h.Encode(), 0); err != nil {
-		return err
-	}
-	return f.Sync()
+	_, err := f.WriteAt(h.Encode(), 0)
+	return err
 }
 
 // ReadHeader reads and validates the header of the delta file at path.
@@ -91,7 +86,7 @@ func ReadHeader(path string) (Header, error) {
 		return Header{}, err
 	}
 	h := d.h
-	return h, d.close()
+	return h, d.close(true)
 }
 
 // openDelta opens and validates a delta. A writable delta gets the in-use
@@ -131,6 +126,7 @@ func newDelta(f File, path string, writable bool) (*Delta, error) {
 	d := &Delta{path: path, f: f, h: h, writable: writable}
 	cs := h.ClusterSize()
 	d.next = (max(size, h.DataStart()) + cs - 1) / cs * cs
+	d.reserved = d.next
 	if writable {
 		if err := d.setInUse(true); err != nil {
 			return nil, err
@@ -142,13 +138,30 @@ func newDelta(f File, path string, writable bool) (*Delta, error) {
 func (d *Delta) setInUse(inUse bool) error {
 	h := d.h
 	h.InUse = inUse
-	if _, err := d.f.WriteAt(h.Encode(), 0); err != nil {
-		return fmt.Errorf("write header: %w", err)
+	if err := d.writeHeader(h); err != nil {
+		return err
 	}
-	if err := d.f.Sync(); err != nil {
-		return fmt.Errorf("sync header: %w", err)
+	if err := d.sync(); err != nil {
+		return err
 	}
 	d.h = h
+	return nil
+}
+
+// writeHeader writes h over the delta's header (not synced).
+func (d *Delta) writeHeader(h Header) error {
+	if _, err := d.f.WriteAt(h.Encode(), 0); err != nil {
+		return fmt.Errorf("%w: write header of %s: %w", ErrSyncFailed, d.path, err)
+	}
+	return nil
+}
+
+// sync makes the delta's data durable (fdatasync). A failure wraps
+// ErrSyncFailed: the chain that sees it stops taking writes.
+func (d *Delta) sync() error {
+	if err := d.f.Sync(); err != nil {
+		return fmt.Errorf("%w: fdatasync %s: %w", ErrSyncFailed, d.path, err)
+	}
 	return nil
 }
 
@@ -198,30 +211,25 @@ func (d *Delta) setEntry(vc, entry uint32) error {
 	var b [4]byte
 	binary.LittleEndian.PutUint32(b[:], entry)
 	if _, err := d.f.WriteAt(b[:], HeaderSize+4*int64(vc)); err != nil {
-		return fmt.Errorf("write BAT entry %d: %w", vc, err)
+		return fmt.Errorf("%w: write BAT entry %d of %s: %w", ErrSyncFailed, vc, d.path, err)
 	}
 	return nil
 }
 
-// allocate reserves a new cluster at the end of the file. The file is
-// extended so the cluster reads as zeros until data is written into it.
-func (d *Delta) allocate() (off int64, entry uint32, err error) {
-	d.allocMu.Lock()
-	defer d.allocMu.Unlock()
-	off = d.next
-	if err := d.f.Truncate(off + d.h.ClusterSize()); err != nil {
-		return 0, 0, fmt.Errorf("extend delta: %w", err)
-	}
-	d.next = off + d.h.ClusterSize()
-	return off, d.h.batEntryFor(off), nil
-}
-
-// close clears the in-use mark of a writable delta (a clean shutdown) and
-// closes the file.
-func (d *Delta) close() error {
+// close closes the file; with clean, the in-use mark of a writable delta is
+// cleared first (a clean shutdown). Without, the mark is set again (best
+// effort: a failed sync may have been the one that cleared it), so whoever
+// opens the delta next checks it.
+func (d *Delta) close(clean bool) error {
 	var err error
-	if d.writable {
-		err = d.setInUse(false)
+	switch {
+	case d.writable && clean:
+		err = d.trimReserve()
+		if err == nil {
+			err = d.setInUse(false)
+		}
+	case d.writable:
+		_ = d.setInUse(true)
 	}
 	return errors.Join(err, d.f.Close())
 }

@@ -2,6 +2,7 @@ package image
 
 import (
 	"fmt"
+	"slices"
 )
 
 // grow raises the delta's virtual size. When the larger BAT does not fit
@@ -26,11 +27,11 @@ func (d *Delta) grow(size int64) (map[uint32]uint32, error) {
 	} else if moved, err = d.relocate(nh.DataStart()); err != nil {
 		return nil, err
 	}
-	if _, err := d.f.WriteAt(nh.Encode(), 0); err != nil {
-		return nil, fmt.Errorf("write header: %w", err)
+	if err := d.writeHeader(nh); err != nil {
+		return nil, err
 	}
-	if err := d.f.Sync(); err != nil {
-		return nil, fmt.Errorf("sync header: %w", err)
+	if err := d.sync(); err != nil {
+		return nil, err
 	}
 	d.h = nh
 	return moved, nil
@@ -42,6 +43,7 @@ func (d *Delta) relocate(newStart int64) (map[uint32]uint32, error) {
 	cs := d.h.ClusterSize()
 	d.allocMu.Lock()
 	d.next = max(d.next, newStart)
+	d.free = slices.DeleteFunc(d.free, func(off int64) bool { return off < newStart })
 	d.allocMu.Unlock()
 	moved := map[uint32]uint32{}
 	buf := make([]byte, cs)
@@ -60,7 +62,7 @@ func (d *Delta) relocate(newStart int64) (map[uint32]uint32, error) {
 		if _, err := d.f.WriteAt(buf, to); err != nil {
 			return fmt.Errorf("move cluster %d: %w", vc, err)
 		}
-		if err := d.f.Sync(); err != nil {
+		if err := d.sync(); err != nil {
 			return err
 		}
 		moved[vc] = newEntry
@@ -69,7 +71,7 @@ func (d *Delta) relocate(newStart int64) (map[uint32]uint32, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := d.f.Sync(); err != nil {
+	if err := d.sync(); err != nil {
 		return nil, err
 	}
 	if err := d.f.Punch(d.h.BATBytes(), newStart-d.h.BATBytes()); err != nil {
@@ -83,5 +85,5 @@ func (d *Delta) relocate(newStart int64) (map[uint32]uint32, error) {
 			return nil, err
 		}
 	}
-	return moved, d.f.Sync()
+	return moved, d.sync()
 }

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/csi-ploop/csi-ploop/pkg/durable"
 )
 
 // DescriptorFile is the name of the descriptor in an image directory.
@@ -325,31 +327,5 @@ func (d *Descriptor) write(fsys FS, dir string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(fsys, filepath.Join(dir, DescriptorFile), b)
-}
-
-func writeFileAtomic(fsys FS, path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := fsys.Remove(tmp); err != nil {
-		return err
-	}
-	f, err := fsys.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	_, err = f.WriteAt(b, 0)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = fsys.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = fsys.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return fsys.SyncDir(filepath.Dir(path))
+	return durable.WriteFile(durableFS{fsys}, filepath.Join(dir, DescriptorFile), b)
 }

@@ -88,7 +88,7 @@ func descriptorOnChain(fsys FS, dir string, base []string, size, clusterSize int
 			return nil, err
 		}
 		dh := d.h
-		d.close()
+		d.close(true)
 		if dh.ClusterSize() != clusterSize {
 			return nil, fmt.Errorf("%w: delta %s has %d-byte clusters, want %d", ErrInvalid, file, dh.ClusterSize(), clusterSize)
 		}
@@ -196,7 +196,7 @@ func recoverDirtyTop(fsys FS, top string) error {
 }
 
 func (img *Image) takeLock() error {
-	if _, ok := img.fs.(*OSFS); !ok {
+	if _, ok := img.fs.(onDisk); !ok {
 		return nil // test file systems live in one process
 	}
 	f, err := os.OpenFile(filepath.Join(img.Dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)

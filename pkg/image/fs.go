@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/csi-ploop/csi-ploop/pkg/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,8 +18,15 @@ type File interface {
 	io.WriterAt
 	Sync() error // data (and the size) durable; fdatasync for real files
 	Truncate(size int64) error
+	// Allocate reserves disk space for [off, off+length), extending the
+	// file if needed; what was not written reads as zeros.
+	Allocate(off, length int64) error
 	Size() (int64, error)
 	Punch(off, length int64) error // deallocate; the range reads back as zeros
+	// Data returns the first range [start, stop) of [off, end) that may hold
+	// data (SEEK_DATA, SEEK_HOLE); start == end if the rest is a hole. Where
+	// holes cannot be told, everything is data.
+	Data(off, end int64) (start, stop int64, err error)
 	Close() error
 }
 
@@ -30,6 +38,12 @@ type FS interface {
 	Remove(path string) error
 	SyncDir(dir string) error
 }
+
+// durableFS lets pkg/durable write through an FS, so the crash harness cuts
+// persistence at every step of a descriptor or delta creation too.
+type durableFS struct{ FS }
+
+func (d durableFS) CreateFile(path string) (durable.File, error) { return d.FS.Create(path) }
 
 // OSFS is the real file system. With direct I/O, data files are opened with
 // O_DIRECT so that I/O measures the disk, not the host page cache; unaligned
@@ -72,6 +86,12 @@ func (o *OSFS) Open(path string, writable bool) (File, error) {
 	}
 	return of, nil
 }
+
+// onDisk is implemented by file systems whose paths are real files (OSFS,
+// and wrappers that embed it): only there does the directory lock matter.
+type onDisk interface{ realFiles() }
+
+func (*OSFS) realFiles() {}
 
 // Rename implements FS.
 func (*OSFS) Rename(oldPath, newPath string) error { return os.Rename(oldPath, newPath) }
@@ -134,6 +154,25 @@ func (o *osFile) Size() (int64, error) {
 	return st.Size(), nil
 }
 
+// Allocate is fallocate(2) mode 0: the range gets unwritten extents, so a
+// later write into it needs no block allocation (and on ext4 no exclusive
+// inode lock). Where fallocate is not supported it only extends the file.
+func (o *osFile) Allocate(off, length int64) error {
+	err := unix.Fallocate(int(o.f.Fd()), 0, off, length)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return o.growTo(off + length)
+	}
+	return err
+}
+
+func (o *osFile) growTo(size int64) error {
+	cur, err := o.Size()
+	if err != nil || cur >= size {
+		return err
+	}
+	return o.f.Truncate(size)
+}
+
 func (o *osFile) Punch(off, length int64) error {
 	err := unix.Fallocate(int(o.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 	if errors.Is(err, unix.EOPNOTSUPP) {
@@ -141,6 +180,24 @@ func (o *osFile) Punch(off, length int64) error {
 		_, err = o.f.WriteAt(make([]byte, length), off)
 	}
 	return err
+}
+
+func (o *osFile) Data(off, end int64) (int64, int64, error) {
+	fd := int(o.f.Fd())
+	start, err := unix.Seek(fd, off, unix.SEEK_DATA)
+	switch {
+	case errors.Is(err, unix.ENXIO): // nothing but a hole past off
+		return end, end, nil
+	case err != nil: // no SEEK_DATA on this file system
+		return off, end, nil
+	case start >= end:
+		return end, end, nil
+	}
+	stop, err := unix.Seek(fd, start, unix.SEEK_HOLE)
+	if err != nil {
+		return start, end, nil
+	}
+	return start, min(stop, end), nil
 }
 
 func (o *osFile) Close() error {

@@ -84,19 +84,6 @@ func interopExport(t *testing.T, files []string, dst string) int64 {
 	return c.Size()
 }
 
-func interopChainFiles(t *testing.T, dir string) []string {
-	t.Helper()
-	d, err := ReadDescriptor(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := d.ChainFiles(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return files
-}
-
 // interopNextData returns the first data offset at or after off, MaxInt64 if
 // only a hole follows; without SEEK_DATA everything counts as data.
 func interopNextData(f *os.File, off int64) int64 {
@@ -256,7 +243,7 @@ func TestInteropImportQemuReads(t *testing.T) {
 			if err := Import(raw, dir, CreateOptions{ClusterSize: tc.cs}); err != nil {
 				t.Fatalf("Import: %v", err)
 			}
-			files := interopChainFiles(t, dir)
+			files := mustFiles(t, dir)
 			if len(files) != 1 {
 				t.Fatalf("imported chain %v, want one delta", files)
 			}
@@ -453,7 +440,7 @@ func TestInteropWeWriteQemuReads(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			files := interopChainFiles(t, dir)
+			files := mustFiles(t, dir)
 			if cs == 64<<10 {
 				h := interopReadHeader(t, files[0])
 				if h.DataStart() <= cs {
@@ -583,7 +570,7 @@ func TestInteropSnapshotChain(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			files := interopChainFiles(t, dir)
+			files := mustFiles(t, dir)
 			if len(files) != 3 {
 				t.Fatalf("chain %v, want 3 deltas", files)
 			}

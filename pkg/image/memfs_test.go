@@ -14,10 +14,11 @@ import (
 // restarted machine would see, in one of two models:
 //   - keepAll: every completed operation persisted, in order (a cut);
 //   - syncedOnly: only what fsync/fdatasync and directory syncs made durable;
-//   - metadataFirst: like syncedOnly, plus every unsynced small write
-//     (headers, BAT entries) and size change, but no unsynced data: the page
-//     cache wrote the metadata back first. This is the order ploop's rule
-//     (data before the BAT entry that points at it) protects against.
+//   - metadataFirst: like syncedOnly, plus every unsynced write into the
+//     header and BAT area of a delta and every size change, but no unsynced
+//     data: the page cache wrote the metadata back first. This is the order
+//     ploop's rule (data before the BAT entry that points at it) protects
+//     against.
 type memFS struct {
 	mu      sync.Mutex
 	names   map[string]*memNode // what the running system sees
@@ -160,16 +161,28 @@ func (m *memFS) SyncDir(dir string) error {
 }
 
 func (n *memNode) replayMetadata(c []byte) []byte {
+	end := metadataEnd(n.data)
 	for _, w := range n.pending {
 		switch {
 		case w.truncate >= 0:
 			c = resize(c, w.truncate)
-		case len(w.data) <= HeaderSize:
+		case w.off < end:
 			c = resize(c, max(int64(len(c)), w.off+int64(len(w.data))))
 			copy(c[w.off:], w.data)
 		}
 	}
 	return c
+}
+
+// metadataEnd is where the data of a delta file starts: writes below it
+// are its header and BAT. Other files: the first HeaderSize bytes.
+func metadataEnd(data []byte) int64 {
+	if len(data) >= HeaderSize {
+		if h, err := DecodeHeader(data[:HeaderSize], -1); err == nil {
+			return h.DataStart()
+		}
+	}
+	return HeaderSize
 }
 
 func resize(b []byte, size int64) []byte {
@@ -247,6 +260,17 @@ func (f *memFile) Truncate(size int64) error {
 	})
 }
 
+// Allocate extends the file like a truncate would (a size change that
+// survives only once synced); space reservation is not modelled.
+func (f *memFile) Allocate(off, length int64) error {
+	return f.mutate(func() {
+		if size := off + length; size > int64(len(f.n.data)) {
+			f.grow(size)
+			f.n.pending = append(f.n.pending, memWrite{truncate: size})
+		}
+	})
+}
+
 func (f *memFile) Size() (int64, error) {
 	f.fs.mu.Lock()
 	defer f.fs.mu.Unlock()
@@ -261,5 +285,34 @@ func (f *memFile) Punch(off, length int64) error {
 		}
 	})
 }
+
+// Data models SEEK_DATA/SEEK_HOLE: a 4 KiB block is a hole when it is all
+// zeros (unwritten, punched, or written with zeros: a file system may
+// store either way).
+func (f *memFile) Data(off, end int64) (int64, int64, error) {
+	f.fs.mu.Lock()
+	defer f.fs.mu.Unlock()
+	if f.fs.limit >= 0 && f.fs.ops >= f.fs.limit {
+		return 0, 0, errCrashed
+	}
+	limit := min(end, int64(len(f.n.data)))
+	isData := func(b int64) bool {
+		return !allZero(f.n.data[b*memBlock : min((b+1)*memBlock, int64(len(f.n.data)))])
+	}
+	b := off / memBlock
+	for b*memBlock < limit && !isData(b) {
+		b++
+	}
+	start := max(off, b*memBlock)
+	if start >= limit {
+		return end, end, nil
+	}
+	for b*memBlock < limit && isData(b) {
+		b++
+	}
+	return start, min(b*memBlock, limit), nil
+}
+
+const memBlock = 4096
 
 func (f *memFile) Close() error { return nil }

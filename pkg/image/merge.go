@@ -3,31 +3,101 @@ package image
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/csi-ploop/csi-ploop/pkg/durable"
 )
+
+// MergeOptions configures MergeDir.
+type MergeOptions struct {
+	// Shared reports whether the delta file at path (absolute, cleaned) is
+	// referenced by a chain other than this image's: another image
+	// directory, a restore or clone based on this image, a snapshot record.
+	// A shared delta is never written to or removed: MergeDir fails with
+	// ErrShared before it changes anything, as it does when Shared fails.
+	// nil: SharedOutside(dir).
+	Shared func(path string) (bool, error)
+	// FS is the file system; nil: the real one.
+	FS FS
+}
+
+// ErrShared means an operation would modify or remove a delta that another
+// chain references.
+var ErrShared = errors.New("delta is shared with another chain")
+
+// SharedOutside is the default MergeOptions.Shared: a delta file outside
+// dir counts as shared (ploop keeps an image's own deltas in its
+// directory; restores and clones refer to their base outside it), one
+// inside as the image's own. The test is lexical: symbolic links are not
+// followed.
+func SharedOutside(dir string) func(path string) (bool, error) {
+	return func(path string) (bool, error) {
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return true, nil
+		}
+		return rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)), nil
+	}
+}
 
 // MergeDir removes snapshot guid from a closed image directory by merging
 // the delta above it (its child, possibly the top) down into it, as ploop's
 // snapshot-merge does. The image's content does not change. The merged delta
-// takes the child's GUID and place; the child's file is deleted.
+// takes the child's GUID and place; the child's file is deleted. The image
+// lock is held from before the descriptor is read to the end, so nothing
+// (a snapshot, an attach) can change the image meanwhile. Neither delta
+// may be shared with another chain (opts.Shared): ErrShared.
 //
 // Crash safety: until the descriptor is rewritten the child still covers
 // every cluster being copied, so reads are unchanged at every step and the
-// merge can simply be run again. The delta named by guid must not be shared
-// with another image.
-func MergeDir(dir, guid string) error {
-	img, err := OpenDir(dir, OpenOptions{ReadOnly: true, FS: NewOSFS(false)})
+// merge can simply be run again.
+func MergeDir(dir, guid string, opts MergeOptions) error {
+	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
 	}
-	desc := img.desc
-	img.Close()
+	if opts.FS == nil {
+		opts.FS = NewOSFS(false)
+	}
+	if opts.Shared == nil {
+		opts.Shared = SharedOutside(dir)
+	}
+	img := &Image{Dir: dir, fs: opts.FS}
 	if err := img.takeLock(); err != nil {
 		return err
 	}
 	defer img.unlock()
-	chain, err := desc.Chain()
+	desc, err := readDescriptor(opts.FS, dir)
 	if err != nil {
 		return err
+	}
+	parent, child, err := mergePair(desc, dir, guid)
+	if err != nil {
+		return err
+	}
+	parentPath, childPath := resolve(dir, parent.File), resolve(dir, child.File)
+	if err := refuseShared(opts.Shared, parentPath, "merged into"); err != nil {
+		return err
+	}
+	if err := refuseShared(opts.Shared, childPath, "deleted"); err != nil {
+		return err
+	}
+	if err := mergeDeltas(opts.FS, childPath, parentPath); err != nil {
+		return err
+	}
+	next := desc.withoutMerged(parent.GUID, child.GUID)
+	if err := next.write(opts.FS, dir); err != nil {
+		return err
+	}
+	return durable.Remove(durableFS{opts.FS}, childPath)
+}
+
+// mergePair finds snapshot guid's delta and the one above it.
+func mergePair(desc *Descriptor, dir, guid string) (parent, child DescImage, err error) {
+	chain, err := desc.Chain()
+	if err != nil {
+		return parent, child, err
 	}
 	i := -1
 	for k, c := range chain {
@@ -37,20 +107,22 @@ func MergeDir(dir, guid string) error {
 	}
 	switch {
 	case i < 0:
-		return fmt.Errorf("%w: no snapshot %s in %s", ErrNotFound, guid, dir)
+		return parent, child, fmt.Errorf("%w: no snapshot %s in %s", ErrNotFound, guid, dir)
 	case i == len(chain)-1:
-		return fmt.Errorf("%w: %s is the top delta, not a snapshot", ErrInvalid, guid)
+		return parent, child, fmt.Errorf("%w: %s is the top delta, not a snapshot", ErrInvalid, guid)
 	}
-	parent, child := chain[i], chain[i+1]
-	fsys := NewOSFS(false)
-	if err := mergeDeltas(fsys, resolve(dir, child.File), resolve(dir, parent.File)); err != nil {
-		return err
+	return chain[i], chain[i+1], nil
+}
+
+func refuseShared(shared func(string) (bool, error), path, what string) error {
+	is, err := shared(filepath.Clean(path))
+	if err != nil {
+		return fmt.Errorf("is %s shared: %w", path, err)
 	}
-	next := desc.withoutMerged(parent.GUID, child.GUID)
-	if err := next.write(fsys, dir); err != nil {
-		return err
+	if is {
+		return fmt.Errorf("%w: %s would be %s, but another chain references it", ErrShared, path, what)
 	}
-	return fsys.Remove(resolve(dir, child.File))
+	return nil
 }
 
 // ErrNotFound means a named snapshot or image does not exist.
@@ -63,14 +135,14 @@ func mergeDeltas(fsys FS, childPath, parentPath string) error {
 	if err != nil {
 		return err
 	}
-	defer child.close()
+	defer child.close(true)
 	parent, err := openDelta(fsys, parentPath, true)
 	if err != nil {
 		return err
 	}
 	if child.h.Size() > parent.h.Size() {
 		if _, err := parent.grow(child.h.Size()); err != nil {
-			return errors.Join(err, parent.close())
+			return errors.Join(err, parent.close(!errors.Is(err, ErrSyncFailed)))
 		}
 	}
 	entries := make(map[uint32]uint32)
@@ -85,9 +157,9 @@ func mergeDeltas(fsys FS, childPath, parentPath string) error {
 		})
 	}
 	if err == nil {
-		err = parent.f.Sync()
+		err = parent.sync()
 	}
-	return errors.Join(err, parent.close())
+	return errors.Join(err, parent.close(!errors.Is(err, ErrSyncFailed)))
 }
 
 // putCluster writes a whole cluster for vc: in place when the delta holds it
@@ -104,7 +176,7 @@ func (d *Delta) putCluster(vc, entry uint32, data []byte) error {
 	if _, err := d.f.WriteAt(data, off); err != nil {
 		return err
 	}
-	if err := d.f.Sync(); err != nil {
+	if err := d.sync(); err != nil {
 		return err
 	}
 	return d.setEntry(vc, entry)

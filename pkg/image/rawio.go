@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/csi-ploop/csi-ploop/pkg/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -106,25 +107,15 @@ func allZero(b []byte) bool {
 
 // Export writes the chain's virtual disk to rawPath as a sparse raw file:
 // unallocated and all-zero clusters become holes. The file appears whole
-// (written under a temporary name, synced and renamed).
+// (written under a temporary name, synced and renamed: pkg/durable).
 func Export(c *Chain, rawPath string) error {
-	tmp := rawPath + ".tmp"
-	dst, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	err := durable.WriteFileWith(durable.OS{}, rawPath, func(f durable.File) error {
+		return exportTo(c, f.(*os.File)) // durable.OS creates *os.File
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("export: %w", err)
 	}
-	err = exportTo(c, dst)
-	if cerr := dst.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, rawPath)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("export to %s: %w", rawPath, err)
-	}
-	return NewOSFS(false).SyncDir(filepath.Dir(rawPath))
+	return nil
 }
 
 func exportTo(c *Chain, dst *os.File) error {
@@ -148,7 +139,7 @@ func exportTo(c *Chain, dst *os.File) error {
 			return err
 		}
 	}
-	return dst.Sync()
+	return nil
 }
 
 // allocated reports whether any delta of the chain holds cluster vc.

@@ -46,7 +46,7 @@ func TestSmokeDir(t *testing.T) {
 	if err != nil || !r.Clean() {
 		t.Fatalf("check %v %+v", err, r)
 	}
-	if err := MergeDir(dir, g); err != nil {
+	if err := MergeDir(dir, g, MergeOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	img, err = OpenDir(dir, OpenOptions{})
@@ -68,7 +68,9 @@ func TestSmokeDir(t *testing.T) {
 	c2.Close()
 }
 
+// mustFiles returns the chain files of the image directory dir, bottom..top.
 func mustFiles(t *testing.T, dir string) []string {
+	t.Helper()
 	d, err := ReadDescriptor(dir)
 	if err != nil {
 		t.Fatal(err)

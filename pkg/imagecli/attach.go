@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 )
 
 // registerAttachCommands adds the commands that serve an image as a block
@@ -49,7 +50,9 @@ Prints the device path on stdout once it is ready, then serves until
 'csi-ploop image detach IMAGEDIR' or SIGINT/SIGTERM (a device that is still
 mounted is not detached: unmount it first).
 --foreground=false is how the CSI driver starts it, in its own session with
-output to RUNDIR/<id>/serve.log: SIGHUP is ignored.
+output to RUNDIR/<id>/serve.log: SIGHUP is ignored. --keeper-fd is how the
+data plane starts it: a keeper holds its descriptors, restarts it on the
+same FUSE connection if it dies, and hands it over to a new binary.
 The env var CSI_PLOOP_CPUPROFILE=FILE writes a CPU profile on exit.`}
 	fs := newFlags(e.name)
 	fg := fs.Bool("foreground", true, "run attached to the terminal (false: started detached)")
@@ -58,9 +61,17 @@ The env var CSI_PLOOP_CPUPROFILE=FILE writes a CPU profile on exit.`}
 	runDir := runDirFlag(fs)
 	timeout := fs.Duration("request-timeout", attach.DefaultRequestTimeout,
 		"a disk request slower than this aborts the device (I/O errors instead of a hang)")
+	keeperFD := fs.Int("keeper-fd", -1, "descriptor of the keep channel to a keeper that started this process (the data plane); -1: none")
 	pos, code, ok := e.parse(fs, u, args)
 	if !ok {
 		return code
+	}
+	var keeper *unixsock.MsgConn
+	if *keeperFD >= 0 {
+		var err error
+		if keeper, err = unixsock.FileMsgConn(os.NewFile(uintptr(*keeperFD), "keeper")); err != nil {
+			return e.fail(fmt.Errorf("attach %s: keeper: %w", pos[0], err))
+		}
 	}
 	if !*fg {
 		signal.Ignore(syscall.SIGHUP)
@@ -73,6 +84,7 @@ The env var CSI_PLOOP_CPUPROFILE=FILE writes a CPU profile on exit.`}
 		RequestTimeout: *timeout,
 		Logger:         klogSlog(),
 		Ready:          func(st attach.Status) { fmt.Fprintln(stdio.Stdout, st.Device) },
+		Keeper:         keeper,
 	}
 	if err := attach.Serve(ctx, pos[0], opts); err != nil {
 		return e.fail(fmt.Errorf("attach %s: %w", pos[0], err))

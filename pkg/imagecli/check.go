@@ -17,9 +17,11 @@ as a stale in-use mark or leaked space, are printed but allowed), 1 when
 errors remain or the check could not run.
 
 --repair fixes what can be fixed (clears the in-use mark, drops BAT entries
-that point outside the file, un-shares shared clusters, trims leaked space)
-and prints what was repaired. Never repair an image that is attached or open
-in another process.`}
+that point outside the file, un-shares shared clusters, punches and trims
+leaked space) and prints what was repaired. Never repair an image that is
+attached or open in another process. A check of an attached image shows its
+in-use mark, the space reserved ahead at the end of the top delta and the
+clusters written since the last flush as warnings: they are not problems.`}
 	fs := newFlags(e.name)
 	repair := fs.Bool("repair", false, "fix what can be fixed")
 	asJSON := fs.Bool("json", false, "print pkg/image's Report as JSON")

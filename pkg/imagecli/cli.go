@@ -160,6 +160,8 @@ func hint(err error) string {
 		return "run 'csi-ploop image check PATH' for details, 'check --repair' (image not in use) to fix what can be fixed"
 	case errors.Is(err, image.ErrNotFound):
 		return "'csi-ploop image snapshots DIR' lists the GUIDs"
+	case errors.Is(err, image.ErrShared):
+		return "another image may read that delta; if none does, run again with --assume-unshared"
 	case errors.Is(err, image.ErrReadOnly):
 		return "v1 (WithoutFreeSpace) deltas can only be read; export and import to convert"
 	}

@@ -139,6 +139,32 @@ func TestSnapshotExportMerge(t *testing.T) {
 	}
 }
 
+// A delta outside DIR (the base of a restore or clone) may be read by other
+// images: merge refuses to change it unless told it is not shared.
+func TestMergeRefusesOutsideDeltaByDefault(t *testing.T) {
+	pool, dir := t.TempDir(), filepath.Join(t.TempDir(), "vol")
+	base := filepath.Join(pool, "base.hds")
+	if err := image.CreateDelta(base, 64<<20, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := image.CreateOnChain(dir, []string{base}, 64<<20, image.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	list := decode[SnapshotList](t, ok(t, "snapshots", "--json", dir).stdout)
+	baseGUID := list.Snapshots[0].GUID
+	r := fails(t, ExitFail, "another chain references it", "merge", dir, baseGUID)
+	if !strings.Contains(r.stderr, "--assume-unshared") {
+		t.Errorf("no hint: %s", r.stderr)
+	}
+	if r := ok(t, "merge", "--help"); !strings.Contains(r.stdout, "outside DIR are taken as shared") {
+		t.Errorf("--help does not explain the default: %s", r.stdout)
+	}
+	ok(t, "merge", "--assume-unshared", dir, baseGUID)
+	if list := decode[SnapshotList](t, ok(t, "snapshots", "--json", dir).stdout); len(list.Snapshots) != 1 {
+		t.Fatalf("after merge: %+v", list)
+	}
+}
+
 func TestUnknownGUID(t *testing.T) {
 	dir, _ := importedImage(t)
 	unknown := "{11111111-2222-3333-4444-555555555555}"

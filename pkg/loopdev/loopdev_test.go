@@ -326,3 +326,25 @@ func TestDetachBusyDefersToLastClose(t *testing.T) {
 		t.Errorf("Status after last close: %v, want ErrNotAttached", err)
 	}
 }
+
+func TestBacksComparesDeviceAndInode(t *testing.T) {
+	requireRoot(t)
+	backing := sparseFile(t, "", mib)
+	d := attachT(t, backing, Options{})
+	var st unix.Stat_t
+	if err := unix.Stat(backing, &st); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := Backs(d.Path, st.Dev, st.Ino); err != nil || !ok {
+		t.Fatalf("Backs(own file) = %v, %v", ok, err)
+	}
+	if ok, err := Backs(d.Path, st.Dev, st.Ino+1); err != nil || ok {
+		t.Fatalf("Backs(another inode) = %v, %v", ok, err)
+	}
+	if err := Detach(d.Path); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := Backs(d.Path, st.Dev, st.Ino); err != nil || ok {
+		t.Fatalf("Backs(detached) = %v, %v", ok, err)
+	}
+}

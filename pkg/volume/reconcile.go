@@ -11,8 +11,15 @@ import (
 )
 
 // Reconcile brings staged volumes back after the node plugin restarts. A volume
-// whose serving process still runs needs nothing (the processes are separate and
-// keep I/O going). A volume whose serving process is gone has a dead loop device
+// whose serving process still runs needs nothing: no re-attach, no remount. That
+// holds for the three generations of serving processes a driver meets: those a
+// driver without a data plane started as its children (they outlive it unless
+// its container takes them along), those the data plane keeps (they outlive the
+// driver by design), and those the data plane adopted from either. Their control
+// sockets answer even while the data plane replaces a server (a keeper holds the
+// listener), so a volume in the middle of a restart or hand-over is never taken
+// for dead. A volume whose serving process is gone (it died while no keeper held
+// its connection, or the data plane gave it up) has a dead loop device
 // under its mounts: its mounts are unmounted, its leftovers cleaned up, it is
 // attached again, the staging mount is made afresh from the new device and every
 // published target is bound again with its options, so pods see the volume again

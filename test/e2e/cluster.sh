@@ -177,6 +177,9 @@ tag_test_images() {
 	"${c[@]}" "localhost/busybox:$IMAGE_TAG" registry.k8s.io/e2e-test-images/nginx:1.14-4 >/dev/null
 	"${c[@]}" "localhost/agnhost:$IMAGE_TAG" registry.k8s.io/e2e-test-images/agnhost:2.56 >/dev/null
 	"${c[@]}" "localhost/pause:$IMAGE_TAG" registry.k8s.io/pause:3.10.1 >/dev/null
+	# A second tag of the same build: the data plane's rolling update
+	# (dataplane.sh) changes the DaemonSet's image to it.
+	"${c[@]}" "localhost/csi-ploop:$IMAGE_TAG" "localhost/csi-ploop:$IMAGE_TAG_NEXT" >/dev/null
 }
 
 start_kubelet() {
@@ -225,6 +228,11 @@ up() {
 	fi
 	mkdir -p "$STATE_DIR" "$PID_DIR" "$LOG_DIR" "$RUN_DIR"
 	touch "$STATE_DIR/owns-kubelet-dir"
+	# The data plane's run dir is mounted with Bidirectional propagation
+	# (its FUSE mounts reach the host): its host path must be on a shared
+	# mount, which this VM's / is not.
+	mount --bind "$RUN_DIR" "$RUN_DIR"
+	mount --make-rshared "$RUN_DIR"
 	losetup -l -n -O NAME >"$STATE_DIR/loops-before" || true
 	gen_certs
 	start_control_plane

@@ -34,6 +34,7 @@ KUBECONFIG_ADMIN=$STATE_DIR/admin.kubeconfig
 NODE_NAME=${NODE_NAME:-$(hostname | tr '[:upper:]' '[:lower:]')}
 DRIVER_NAME=ploop.csi.dev
 IMAGE_TAG=e2e
+IMAGE_TAG_NEXT=e2e-next # a second tag of the same csi-ploop build (cluster.sh)
 NICE=(nice -n 19)
 
 log() { printf '%s [e2e] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make e2e: build (cached), bring up a single-node Kubernetes, deploy csi-ploop
-# from deploy/kubernetes through test/e2e/overlay, run the kubectl user story
-# and the Kubernetes storage e2e suite, and tear everything down - also when a
-# step fails or the run is interrupted.
+# from deploy/kubernetes through test/e2e/overlay, run the kubectl user story,
+# the data-plane checks (a pod writing through a restart of the node plugin
+# and a rolling update of the data plane) and the Kubernetes storage e2e
+# suite, and tear everything down - also when a step fails or the run is
+# interrupted.
 # Environment: E2E_SKIP_SUITE=1 (story only), E2E_KEEP=1 (leave the cluster up;
 # tear down later with test/e2e/cluster.sh down), E2E_PROCS (suite parallelism).
 set -euo pipefail
@@ -44,7 +46,9 @@ start_snapshot_controller() {
 	for crd in "$SNAPSHOT_CLIENT_DIR"/config/crd/snapshot.storage.k8s.io_*.yaml; do
 		kc apply -f "$crd" >/dev/null
 	done
-	kc wait --for=condition=Established --timeout=60s \
+	# Retried: kubectl wait fails outright on a CRD whose status has no
+	# conditions yet ("accessor error: <nil>").
+	wait_for 60 "snapshot CRDs established" kc wait --for=condition=Established --timeout=5s \
 		crd/volumesnapshots.snapshot.storage.k8s.io crd/volumesnapshotcontents.snapshot.storage.k8s.io \
 		crd/volumesnapshotclasses.snapshot.storage.k8s.io
 	# A host process with the admin kubeconfig (the deploy/ manifests leave the
@@ -57,9 +61,11 @@ start_snapshot_controller() {
 }
 
 ds_ready() {
-	local ready
-	ready=$(kc -n csi-ploop get daemonset csi-ploop-node -o jsonpath='{.status.numberReady}/{.status.desiredNumberScheduled}')
-	[[ $ready == 1/1 ]]
+	local ready ds
+	for ds in csi-ploop-node csi-ploop-dataplane; do
+		ready=$(kc -n csi-ploop get daemonset "$ds" -o jsonpath='{.status.numberReady}/{.status.desiredNumberScheduled}')
+		[[ $ready == 1/1 ]] || return 1
+	done
 }
 
 driver_registered() {
@@ -68,8 +74,7 @@ driver_registered() {
 
 deploy_driver() {
 	kc apply -k "$E2E_DIR/overlay"
-	# OnDelete update strategy: no "rollout status"; count ready pods instead.
-	wait_for 180 "csi-ploop-node ready" ds_ready || {
+	wait_for 180 "csi-ploop-node and csi-ploop-dataplane ready" ds_ready || {
 		kc -n csi-ploop describe pods >&2
 		return 1
 	}
@@ -90,6 +95,7 @@ stage cluster-up "$E2E_DIR/cluster.sh" up
 stage snapshot-controller start_snapshot_controller
 stage deploy deploy_driver
 stage story "$E2E_DIR/story.sh"
+stage dataplane "$E2E_DIR/dataplane.sh"
 if [[ -z ${E2E_SKIP_SUITE:-} ]]; then
 	stage suite "$E2E_DIR/suite.sh"
 fi

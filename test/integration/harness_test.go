@@ -72,6 +72,13 @@ type harness struct {
 	// processes this driver started, seen while they were mounted.
 	fuseMu    sync.Mutex
 	fuseConns map[string]bool
+
+	// With a data plane the driver runs as "make run-built" does it, in
+	// a cgroup of its own (cgroup, the way a container runtime runs it),
+	// and the data plane moves itself out of that into dataplaneCgroup.
+	dataplane       bool
+	cgroup          *cgroup
+	dataplaneCgroup string
 }
 
 // harnessOptions change newHarness's defaults.
@@ -80,6 +87,10 @@ type harnessOptions struct {
 	// root is the storage root; default tmp/root. A test that puts it on a
 	// filesystem of its own creates that first.
 	root string
+	// dataplane: start the driver with "make run-built" (data plane
+	// first, then the driver with --dataplane-socket) in a cgroup of its
+	// own; else the driver starts the serving processes itself.
+	dataplane bool
 }
 
 func newHarness(t *testing.T) *harness {
@@ -98,8 +109,14 @@ func newHarnessWith(t *testing.T, tmp string, o harnessOptions) *harness {
 		t: t, tmp: tmp, nodeID: cmp.Or(o.nodeID, nodeID), root: cmp.Or(o.root, filepath.Join(tmp, "root")),
 		runDir: filepath.Join(tmp, "run"), sock: filepath.Join(tmp, "csi.sock"), logPath: filepath.Join(tmp, "driver.log"),
 		published: map[string]string{}, staged: map[string]string{}, fuseConns: map[string]bool{},
+		dataplane: o.dataplane,
+	}
+	t.Cleanup(h.removeCgroups) // 5. the cgroups, once their processes are gone
+	if h.dataplane {
+		h.useDataplane()
 	}
 	t.Cleanup(h.forceCleanup)   // 4. detach leftovers, lazy unmount, loop devices
+	t.Cleanup(h.stopDataplane)  // 3b. the data plane (after the volumes' teardown)
 	t.Cleanup(h.stopDriver)     // 3. the driver
 	t.Cleanup(h.unstageAll)     // 2. unstage via RPC (best effort)
 	t.Cleanup(h.unpublishAll)   // 1. unpublish via RPC (best effort)
@@ -116,8 +133,13 @@ func (h *harness) startDriver() {
 		h.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(binary, "--endpoint", "unix://"+h.sock, "--root", h.root,
-		"--run-dir", h.runDir, "--node-id", h.nodeID, "-v", "2")
+	var cmd *exec.Cmd
+	if h.dataplane {
+		cmd = h.makeRun()
+	} else {
+		cmd = exec.Command(binary, "--endpoint", "unix://"+h.sock, "--root", h.root,
+			"--run-dir", h.runDir, "--node-id", h.nodeID, "-v", "2")
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -126,6 +148,52 @@ func (h *harness) startDriver() {
 	h.proc, h.exited = cmd, make(chan struct{})
 	go func(exited chan struct{}) { _ = cmd.Wait(); close(exited) }(h.exited)
 	h.connect()
+}
+
+// useDataplane makes the next startDriver run the driver with a data plane
+// ("make run-built") in a cgroup of its own.
+func (h *harness) useDataplane() {
+	h.dataplane = true
+	h.sock = filepath.Join(h.runDir, "csi.sock") // where make run-built puts it
+	h.cgroup = newCgroup(h.t, "csi-ploop-test-driver")
+	h.dataplaneCgroup = h.cgroup.name + "-dataplane"
+}
+
+// removeCgroups removes the cgroups of the driver and the data plane.
+func (h *harness) removeCgroups() {
+	if h.cgroup != nil {
+		removeCgroups(h.t, h.cgroup.name)
+		removeCgroups(h.t, h.dataplaneCgroup)
+	}
+}
+
+// makeRun is "make run-built" with the harness's paths, started in the
+// driver's cgroup (the shell joins it before it runs make).
+func (h *harness) makeRun() *exec.Cmd {
+	args := []string{"-c", `for d in $CSI_PLOOP_TEST_CGROUP; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$@"`, "sh",
+		"make", "--no-print-directory", "-C", repoRoot, "run-built", "BIN=" + binary, "RUN_DIR=" + h.runDir,
+		"RUN_ROOT=" + h.root, "DATAPLANE_CGROUP=" + h.dataplaneCgroup, "RUN_ARGS=--node-id " + h.nodeID + " -v 2"}
+	cmd := exec.Command("sh", args...)
+	cmd.Env = append(os.Environ(), "CSI_PLOOP_TEST_CGROUP="+strings.Join(h.cgroup.dirs, " "))
+	return cmd
+}
+
+// repoRoot is the repository (the Makefile's directory).
+const repoRoot = "../.."
+
+// dataplaneSocket is the data plane's socket of a harness with one.
+func (h *harness) dataplaneSocket() string { return filepath.Join(h.runDir, "dataplane.sock") }
+
+// stopDataplane stops the data plane of a harness with one (after the
+// volumes' teardown: its serving processes outlive it otherwise).
+func (h *harness) stopDataplane() {
+	if !h.dataplane {
+		return
+	}
+	out, err := exec.Command(binary, "dataplane", "stop", "--socket", h.dataplaneSocket()).CombinedOutput()
+	if err != nil {
+		h.t.Errorf("cleanup: dataplane stop: %v: %s", err, out)
+	}
 }
 
 const nodeID = "test-node"
@@ -168,12 +236,13 @@ func (h *harness) stopDriver() {
 		h.conn.Close()
 		h.conn = nil
 	}
-	_ = h.proc.Process.Signal(syscall.SIGTERM)
+	// The process group: with make run-built, make and the driver.
+	_ = syscall.Kill(-h.proc.Process.Pid, syscall.SIGTERM)
 	select {
 	case <-h.exited:
 	case <-time.After(30 * time.Second):
 		h.t.Errorf("driver ignored SIGTERM for 30s; killing it")
-		_ = h.proc.Process.Kill()
+		_ = syscall.Kill(-h.proc.Process.Pid, syscall.SIGKILL)
 		<-h.exited
 	}
 	h.lastExit = h.proc.ProcessState.ExitCode()
@@ -277,4 +346,10 @@ func lazyUnmount(t *testing.T, path string) {
 
 func rpcCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 2*time.Minute)
+}
+
+// readLog is the driver's log so far.
+func (h *harness) readLog() string {
+	b, _ := os.ReadFile(h.logPath)
+	return string(b)
 }

@@ -52,7 +52,9 @@ func detachLoops(t *testing.T, dir string) {
 
 // servingProcesses lists the PIDs of serving processes of our freshly built
 // binary (its path is unique to this test run) whose runtime directory is
-// runDir: "csi-ploop image attach ... --run-dir RUNDIR DIR".
+// runDir: "csi-ploop image attach ... --run-dir RUNDIR DIR", and of data
+// plane supervisors of runDir ("csi-ploop dataplane run ... --run-dir
+// RUNDIR").
 func servingProcesses(runDir string) []int {
 	if binary == "" {
 		return nil
@@ -70,8 +72,10 @@ func servingProcesses(runDir string) []int {
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		args := strings.Split(string(cmdline), "\x00")
-		if err == nil && slices.Contains(args, "attach") && slices.Contains(args, runDir) {
-			pids = append(pids, pid)
+		if err == nil && (slices.Contains(args, "attach") || slices.Contains(args, "dataplane")) && slices.Contains(args, runDir) {
+			if stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); !strings.Contains(string(stat), ") Z ") {
+				pids = append(pids, pid)
+			}
 		}
 	}
 	return pids

@@ -1,0 +1,99 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
+)
+
+// ErrNoKeep: the serving process predates keepers (control protocol
+// before version 2): it cannot be kept or handed over, only used and
+// detached.
+var ErrNoKeep = errors.New("attach: the serving process cannot be kept (it predates the data plane)")
+
+// Kept is a server a keeper took over: its keep channel, what it reported
+// and duplicates of its descriptors (the caller owns all of them).
+type Kept struct {
+	Conn  *unixsock.MsgConn
+	State KeepState
+	Files KeepFiles
+}
+
+// Keep makes the caller the keeper of the serving process of image
+// directory dir (absolute) under runDir. Without takeover it is refused
+// with ErrKept while another keeper holds the server; with takeover the
+// server says goodbye to that keeper (ByeHandingOver) and is the caller's,
+// to hand over to a successor. keeper names the caller in the server's log.
+func Keep(ctx context.Context, runDir, dir string, takeover bool, keeper string) (Kept, error) {
+	rt := runtimeDir(runDir, dir)
+	op := opKeep
+	if takeover {
+		op = opHandover
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", filepath.Join(rt, socketName))
+	if err != nil {
+		if noServer(err) {
+			return Kept{}, fmt.Errorf("%w: %s: %w", ErrNotAttached, dir, err)
+		}
+		return Kept{}, fmt.Errorf("attach: connect %s: %w", rt, err)
+	}
+	conn := unixsock.NewMsgConn(c.(*net.UnixConn))
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	k, err := keepOn(conn, op, keeper)
+	if err != nil {
+		conn.Close()
+		return Kept{}, fmt.Errorf("attach: %s %s: %w", op, dir, ctxOr(ctx, err))
+	}
+	return k, nil
+}
+
+func keepOn(conn *unixsock.MsgConn, op, keeper string) (Kept, error) {
+	if err := conn.Send(request{Version: ProtocolVersion, Op: op, Keeper: keeper}); err != nil {
+		return Kept{}, err
+	}
+	var resp response
+	files, err := conn.Recv(&resp)
+	if err != nil {
+		return Kept{}, fmt.Errorf("no answer: %w", err)
+	}
+	if resp.Version < 2 {
+		unixsock.CloseFiles(files)
+		return Kept{}, fmt.Errorf("%w (protocol %d): %s", ErrNoKeep, resp.Version, resp.Error)
+	}
+	if !resp.OK {
+		unixsock.CloseFiles(files)
+		return Kept{}, remoteError(resp)
+	}
+	kf := KeepFilesOf(files)
+	if resp.Keep == nil || kf.Dev == nil || kf.Root == nil || kf.Ctl == nil {
+		kf.Close()
+		return Kept{}, fmt.Errorf("the server's answer lacks its state or descriptors")
+	}
+	return Kept{Conn: conn, State: *resp.Keep, Files: kf}, nil
+}
+
+// RuntimeDir is the runtime directory of image directory dir (absolute)
+// under runDir.
+func RuntimeDir(runDir, dir string) string { return runtimeDir(runDir, dir) }
+
+// StatusAt asks the serving process of runtime directory rt (one found by
+// listing runDir, whose image directory is not known yet).
+func StatusAt(ctx context.Context, rt string) (Status, error) {
+	resp, err := call(ctx, rt, request{Op: opStatus})
+	if err != nil {
+		return Status{}, err
+	}
+	if resp.Status == nil {
+		return Status{}, fmt.Errorf("attach: status of %s: empty answer", rt)
+	}
+	st := *resp.Status
+	st.Protocol = resp.Version
+	return st, nil
+}

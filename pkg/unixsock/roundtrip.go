@@ -1,0 +1,49 @@
+package unixsock
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"syscall"
+	"time"
+)
+
+// ErrNoListener: nothing listens at the socket path (no file, or a file
+// nobody accepts on any more).
+var ErrNoListener = errors.New("unixsock: nothing listens")
+
+// RoundTrip sends req as one JSON value to the unix socket at path and
+// decodes one JSON value of the answer into resp: the shape of the
+// control sockets of the serving processes and of the data plane. ctx
+// bounds the whole exchange; when it ends, its error is returned.
+func RoundTrip(ctx context.Context, path string, req, resp any) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w: %s: %w", ErrNoListener, path, err)
+		}
+		return fmt.Errorf("connect %s: %w", path, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return fmt.Errorf("send: %w", ctxOr(ctx, err))
+	}
+	if err := json.NewDecoder(conn).Decode(resp); err != nil {
+		return fmt.Errorf("no answer: %w", ctxOr(ctx, err))
+	}
+	return nil
+}
+
+// ctxOr prefers ctx's error (the reason a deadline hit the connection).
+func ctxOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
