@@ -130,7 +130,7 @@ func (m *Manager) mergePass(ctx context.Context) (deferred bool) {
 		tried[pair.parent+"\x00"+pair.child] = true
 		if err := m.mergePair(ctx, pair); err != nil {
 			deferred = true
-			if !errors.Is(err, errMergeBusy) && !errors.Is(err, errMergeStale) && !errors.Is(err, ErrBusy) && ctx.Err() == nil {
+			if !putOff(err) && ctx.Err() == nil {
 				m.stats.failed()
 				log.Error(err, "Merge failed; retrying later", "volumeID", pair.volumeID,
 					"parent", filepath.Base(pair.parent), "child", filepath.Base(pair.child))
@@ -141,6 +141,15 @@ func (m *Manager) mergePass(ctx context.Context) (deferred bool) {
 		}
 	}
 	return true
+}
+
+// putOff reports whether a merge that failed with err waits for a later
+// pass rather than counting as failed: a key was busy, the chains changed,
+// the volume was busy, or its serving process predates merges (it merges
+// once the volume is attached anew).
+func putOff(err error) bool {
+	return errors.Is(err, errMergeBusy) || errors.Is(err, errMergeStale) || errors.Is(err, ErrBusy) ||
+		errors.Is(err, errors.ErrUnsupported)
 }
 
 // nextPair picks the first pair not tried in this pass and not shared;
