@@ -1,8 +1,6 @@
 package image
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -55,41 +53,55 @@ type MergeStats struct {
 	Pause time.Duration
 }
 
-// errMergeTodo marks parts of the engine not implemented yet.
-var errMergeTodo = fmt.Errorf("merge engine: %w", errors.ErrUnsupported)
-
 // EstimateMerge reads only the headers and BATs of two adjacent deltas and
-// returns the bytes a merge would copy in each direction.
+// returns the bytes a merge would copy in each direction (whole clusters:
+// holes inside them are not told apart without reading data).
 func EstimateMerge(parentPath, childPath string) (down, up int64, err error) {
-	return 0, 0, errMergeTodo
+	fsys := NewOSFS(false)
+	parent, err := openDelta(fsys, parentPath, false)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer parent.close(true)
+	child, err := openDelta(fsys, childPath, false)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer child.close(true)
+	return estimate(parent, child)
 }
 
-// MergeDirPair merges two adjacent deltas of the closed image dir, offline.
-// The image lock is held from before the descriptor is read to the end.
-// parentPath and childPath must be adjacent in dir's chain (child right
-// above parent; the child may be the top). The descriptor is rewritten
-// without the dropped delta: that rename is the commit point. Until then
-// every chain reads as before, so a merge cut short can be run again in
-// either direction.
-func MergeDirPair(ctx context.Context, dir, parentPath, childPath string, opts PairMergeOptions) (MergeStats, error) {
-	return MergeStats{}, errMergeTodo
+// estimate counts, from the BATs, the child's clusters (down) and the
+// parent's clusters the child does not shadow (up).
+func estimate(parent, child *Delta) (down, up int64, err error) {
+	if parent.h.ClusterSize() != child.h.ClusterSize() {
+		return 0, 0, fmt.Errorf("%w: %s has %d-byte clusters, %s %d", ErrInvalid,
+			parent.path, parent.h.ClusterSize(), child.path, child.h.ClusterSize())
+	}
+	var nd, nu int64
+	err = forEachPair(parent, child, max(parent.h.BATEntries, child.h.BATEntries), func(vc, p, c uint32) error {
+		if c != 0 {
+			nd++
+		} else if vc < child.h.BATEntries {
+			nu++
+		}
+		return nil
+	})
+	cs := child.h.ClusterSize()
+	return nd * cs, nu * cs, err
 }
 
-// MergeDeltaFiles merges two frozen deltas that lie in no image's chain
-// (snapshot chains whose volume is gone): afterwards Kept reads as the
-// child did and as the pair did; nothing is rewritten or removed.
-func MergeDeltaFiles(ctx context.Context, parentPath, childPath string, opts PairMergeOptions) (MergeStats, error) {
-	return MergeStats{}, errMergeTodo
-}
-
-// Merge merges two adjacent deltas of an open chain while it serves I/O
-// (the serving process). The copy runs through separate handles, or for
-// the writable top as child under the per-cluster allocation locks; then,
-// at the switch, under the chain's write lock (I/O drained), record is
-// called with the chain's new delta paths bottom..top: it rewrites the
-// descriptor (the commit point). If record fails the switch is undone and
-// the chain serves as before. ctx cancels the copy phase: nothing changes
-// then.
-func (c *Chain) Merge(ctx context.Context, parentPath, childPath string, opts PairMergeOptions, record func(newPaths []string) error) (MergeStats, error) {
-	return MergeStats{}, errMergeTodo
+// pick resolves MergeAuto: the direction that copies less; down on a tie
+// (it needs no new clusters where the parent already has them).
+func pick(dir MergeDirection, down, up int64) (MergeDirection, error) {
+	switch dir {
+	case MergeDown, MergeUp:
+		return dir, nil
+	case MergeAuto:
+		if up < down {
+			return MergeUp, nil
+		}
+		return MergeDown, nil
+	}
+	return "", fmt.Errorf("%w: merge direction %q (want %q, %q or empty)", ErrInvalid, dir, MergeDown, MergeUp)
 }
