@@ -3,7 +3,6 @@ package image
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"slices"
 )
 
@@ -18,7 +17,7 @@ import (
 // process runs one control operation that rewrites the descriptor at a
 // time).
 func (img *Image) MergeOnline(ctx context.Context, parentPath, childPath string, opts PairMergeOptions) (MergeStats, error) {
-	parent, child, err := img.adjacent(parentPath, childPath)
+	parent, child, err := pairByPath(img.desc, img.Dir, parentPath, childPath)
 	if err != nil {
 		return MergeStats{}, err
 	}
@@ -36,37 +35,16 @@ func (img *Image) MergeOnline(ctx context.Context, parentPath, childPath string,
 	return img.chain.Merge(ctx, parentPath, childPath, opts, record)
 }
 
-// adjacent finds the descriptor entries of parentPath and childPath, which
-// must be neighbours in the chain (child above parent).
-func (img *Image) adjacent(parentPath, childPath string) (parent, child DescImage, err error) {
-	chain, err := img.desc.Chain()
-	if err != nil {
-		return parent, child, err
-	}
-	for i := 0; i+1 < len(chain); i++ {
-		if resolve(img.Dir, chain[i].File) == filepath.Clean(parentPath) &&
-			resolve(img.Dir, chain[i+1].File) == filepath.Clean(childPath) {
-			return chain[i], chain[i+1], nil
-		}
-	}
-	return parent, child, fmt.Errorf("%w: %s and %s are not adjacent deltas of %s", ErrInvalid, parentPath, childPath, img.Dir)
-}
-
 // merged is the descriptor after a merge of parent and child whose chain
 // is newPaths: the parent's GUID is gone (that snapshot no longer exists),
 // the child's GUID names the kept file (the parent's file after a merge
 // down, its own after a merge up).
 func (d *Descriptor) merged(dir string, parent, child DescImage, newPaths []string) (*Descriptor, error) {
-	next := d.withoutMerged(parent.GUID, child.GUID) // the child's GUID on the parent's file
+	kept := parent.File // merged down
 	if slices.Contains(newPaths, resolve(dir, child.File)) {
-		images := slices.Clone(next.Storage[0].Images)
-		for k := range images {
-			if sameGUID(images[k].GUID, child.GUID) {
-				images[k].File = child.File
-			}
-		}
-		next.Storage[0].Images = images
+		kept = child.File // merged up
 	}
+	next := d.withoutMerged(parent.GUID, child.GUID, kept)
 	files, err := next.ChainFiles(dir)
 	if err != nil {
 		return nil, err
