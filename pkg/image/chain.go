@@ -23,6 +23,7 @@ type Chain struct {
 	cs       int64
 	readOnly bool
 	closed   bool
+	merging  atomic.Bool // one Merge at a time
 
 	// failed holds the sticky error (wrapping ErrSyncFailed) once a sync or
 	// metadata write of a delta failed; see Err.
