@@ -135,7 +135,7 @@ func MergeDir(ctx context.Context, dir, runDir string, req MergeRequest, shared 
 			return MergeResult{}, false, fmt.Errorf("is %s shared: %w", p, err)
 		}
 		if is {
-			return MergeResult{}, false, fmt.Errorf("%w: %s would be changed or dropped, but another chain may reference it", image.ErrShared, p)
+			return MergeResult{}, false, fmt.Errorf("%w: %s would be changed or dropped by the merge, but another chain references it", image.ErrShared, p)
 		}
 	}
 	st, err := image.MergeDirPair(ctx, abs, req.Parent, req.Child, image.PairMergeOptions{
