@@ -14,7 +14,7 @@ import (
 )
 
 // The server's side of the merge operation: two adjacent deltas of the
-// served chain become one while I/O goes on (image.Image.MergeOnline: a
+// served chain become one while I/O goes on (image.Image.Merge: a
 // background copy, then a short switch under the chain's write lock that
 // rewrites the descriptor). A merge takes long, so unlike the other
 // operations it does not hold s.mu while it copies: status answers
@@ -148,7 +148,7 @@ func (s *server) runMerge(job *mergeJob) (MergeResult, error) {
 		return MergeResult{}, s.mergeFailed(ctx, job, ctx.Err())
 	}
 	s.log.Info("merge", "parent", job.req.Parent, "child", job.req.Child, "direction", job.req.Direction)
-	st, err := s.img.MergeOnline(ctx, job.req.Parent, job.req.Child, image.PairMergeOptions{
+	st, err := s.img.Merge(ctx, job.req.Parent, job.req.Child, image.PairMergeOptions{
 		Direction: job.req.Direction,
 		Progress:  func(done, total int64) { job.done.Store(done); job.total.Store(total) },
 	})
