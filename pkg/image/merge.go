@@ -69,39 +69,22 @@ func SharedOutside(dir string) func(path string) (bool, error) {
 // Crash safety: until the descriptor is rewritten every chain reads as
 // before (see MergeDirPair), so the merge can simply be run again.
 func MergeDir(dir, guid string, opts MergeOptions) error {
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return err
-	}
-	if opts.FS == nil {
-		opts.FS = NewOSFS(false)
-	}
-	if opts.Shared == nil {
-		opts.Shared = SharedOutside(dir)
-	}
-	img := &Image{Dir: dir, fs: opts.FS}
-	if err := img.takeLock(); err != nil {
-		return err
-	}
-	defer img.unlock()
-	desc, err := readDescriptor(opts.FS, dir)
-	if err != nil {
-		return err
-	}
-	parent, child, err := mergePair(desc, dir, guid)
-	if err != nil {
-		return err
-	}
-	direction := opts.Direction
-	if direction == MergeAuto && !opts.Auto {
-		direction = MergeDown
-	}
-	st, err := mergeInDir(opts.ctx(), dir, desc, parent, child, PairMergeOptions{
-		Direction: direction, Progress: opts.Progress, Shared: opts.Shared, FS: opts.FS})
-	if err != nil {
-		return err
-	}
-	return durable.Remove(durableFS{opts.FS}, st.Dropped)
+	return withLockedDir(dir, &opts.FS, &opts.Shared, func(dir string, desc *Descriptor) error {
+		parent, child, err := mergePair(desc, dir, guid)
+		if err != nil {
+			return err
+		}
+		direction := opts.Direction
+		if direction == MergeAuto && !opts.Auto {
+			direction = MergeDown
+		}
+		st, err := mergeInDir(opts.ctx(), dir, desc, parent, child, PairMergeOptions{
+			Direction: direction, Progress: opts.Progress, Shared: opts.Shared, FS: opts.FS})
+		if err != nil {
+			return err
+		}
+		return durable.Remove(durableFS{opts.FS}, st.Dropped)
+	})
 }
 
 // mergePair finds snapshot guid's delta and the one above it.

@@ -57,18 +57,38 @@ type MergeStats struct {
 // returns the bytes a merge would copy in each direction (whole clusters:
 // holes inside them are not told apart without reading data).
 func EstimateMerge(parentPath, childPath string) (down, up int64, err error) {
-	fsys := NewOSFS(false)
+	e, err := estimateFiles(NewOSFS(false), parentPath, childPath)
+	return e.down, e.up, err
+}
+
+// pairEstimate is what the BATs and headers of a pair tell before a merge.
+type pairEstimate struct {
+	down, up              int64 // bytes each direction copies
+	parentSize, childSize int64 // virtual sizes
+}
+
+func estimateFiles(fsys FS, parentPath, childPath string) (pairEstimate, error) {
 	parent, err := openDelta(fsys, parentPath, false)
 	if err != nil {
-		return 0, 0, err
+		return pairEstimate{}, err
 	}
 	defer parent.close(true)
 	child, err := openDelta(fsys, childPath, false)
 	if err != nil {
-		return 0, 0, err
+		return pairEstimate{}, err
 	}
 	defer child.close(true)
-	return estimate(parent, child)
+	e := pairEstimate{parentSize: parent.h.Size(), childSize: child.h.Size()}
+	e.down, e.up, err = estimate(parent, child)
+	return e, err
+}
+
+// cost is what dir copies.
+func (e pairEstimate) cost(dir MergeDirection) int64 {
+	if dir == MergeUp {
+		return e.up
+	}
+	return e.down
 }
 
 // estimate counts, from the BATs, the child's clusters (down) and the

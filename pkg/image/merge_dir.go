@@ -17,30 +17,41 @@ import (
 // reads as before, so a merge cut short can be run again in either
 // direction. The dropped file is not removed.
 func MergeDirPair(ctx context.Context, dir, parentPath, childPath string, opts PairMergeOptions) (MergeStats, error) {
+	var st MergeStats
+	err := withLockedDir(dir, &opts.FS, &opts.Shared, func(dir string, desc *Descriptor) error {
+		parent, child, err := pairByPath(desc, dir, parentPath, childPath)
+		if err == nil {
+			st, err = mergeInDir(ctx, dir, desc, parent, child, opts)
+		}
+		return err
+	})
+	return st, err
+}
+
+// withLockedDir fills in the defaults of a directory merge, takes the
+// image lock, reads the descriptor and runs fn; the lock is held from
+// before the read to the end, so no snapshot or attach slips in between.
+func withLockedDir(dir string, fsys *FS, shared *func(string) (bool, error), fn func(dir string, desc *Descriptor) error) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
-		return MergeStats{}, err
+		return err
 	}
-	if opts.FS == nil {
-		opts.FS = NewOSFS(false)
+	if *fsys == nil {
+		*fsys = NewOSFS(false)
 	}
-	if opts.Shared == nil {
-		opts.Shared = SharedOutside(dir)
+	if *shared == nil {
+		*shared = SharedOutside(dir)
 	}
-	img := &Image{Dir: dir, fs: opts.FS}
+	img := &Image{Dir: dir, fs: *fsys}
 	if err := img.takeLock(); err != nil {
-		return MergeStats{}, err
+		return err
 	}
 	defer img.unlock()
-	desc, err := readDescriptor(opts.FS, dir)
+	desc, err := readDescriptor(*fsys, dir)
 	if err != nil {
-		return MergeStats{}, err
+		return err
 	}
-	parent, child, err := pairByPath(desc, dir, parentPath, childPath)
-	if err != nil {
-		return MergeStats{}, err
-	}
-	return mergeInDir(ctx, dir, desc, parent, child, opts)
+	return fn(dir, desc)
 }
 
 // mergeInDir copies, then commits the descriptor without the dropped delta.
@@ -140,25 +151,12 @@ func mergeFiles(ctx context.Context, fsys FS, parentPath, childPath string, opts
 
 // chooseFiles reads the BATs to resolve the direction and its cost.
 func chooseFiles(fsys FS, parentPath, childPath string, want MergeDirection) (MergeDirection, int64, error) {
-	parent, err := openDelta(fsys, parentPath, false)
+	e, err := estimateFiles(fsys, parentPath, childPath)
 	if err != nil {
 		return "", 0, err
 	}
-	defer parent.close(true)
-	child, err := openDelta(fsys, childPath, false)
-	if err != nil {
-		return "", 0, err
-	}
-	defer child.close(true)
-	down, up, err := estimate(parent, child)
-	if err != nil {
-		return "", 0, err
-	}
-	dir, err := pick(want, down, up)
-	if dir == MergeUp {
-		return dir, up, err
-	}
-	return dir, down, err
+	dir, err := pick(want, e.down, e.up)
+	return dir, e.cost(dir), err
 }
 
 // prepareTarget lets the destination reuse its holes and, for a down merge

@@ -98,25 +98,15 @@ func (c *Chain) findPair(parentPath, childPath string) (int, bool, error) {
 // chooseOnline resolves the direction from the on-disk BATs (the top's
 // pending entries are left out: an estimate).
 func (c *Chain) chooseOnline(parentPath, childPath string, isTop bool, want MergeDirection) (MergeDirection, int64, error) {
-	parent, err := openDelta(c.fs, parentPath, false)
+	e, err := estimateFiles(c.fs, parentPath, childPath)
 	if err != nil {
 		return "", 0, err
 	}
-	defer parent.close(true)
-	child, err := openDelta(c.fs, childPath, false)
-	if err != nil {
-		return "", 0, err
-	}
-	defer child.close(true)
-	down, up, err := estimate(parent, child)
-	if err != nil {
-		return "", 0, err
-	}
-	noDown := isTop || parent.h.Size() < child.h.Size()
+	noDown := isTop || e.parentSize < e.childSize
 	if want == MergeAuto && noDown {
 		want = MergeUp
 	}
-	dir, err := pick(want, down, up)
+	dir, err := pick(want, e.down, e.up)
 	switch {
 	case err != nil:
 		return "", 0, err
@@ -124,10 +114,8 @@ func (c *Chain) chooseOnline(parentPath, childPath string, isTop bool, want Merg
 		return "", 0, fmt.Errorf("%w: %s is the writable top (merge up instead)", errOnlineDown, childPath)
 	case dir == MergeDown && noDown:
 		return "", 0, fmt.Errorf("%w: %s is smaller than %s and cannot grow while served (merge up instead)", errOnlineDown, parentPath, childPath)
-	case dir == MergeUp:
-		return dir, up, nil
 	}
-	return dir, down, nil
+	return dir, e.cost(dir), nil
 }
 
 // onlineMerge is one run of Chain.Merge.
