@@ -163,7 +163,8 @@ func (s *server) runMerge(job *mergeJob) (MergeResult, error) {
 
 // mergeFailed says why a merge ended without its switch.
 func (s *server) mergeFailed(ctx context.Context, job *mergeJob, err error) error {
-	if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+	if ctx.Err() != nil {
+		cause := context.Cause(ctx)
 		s.log.Info("merge cancelled; nothing changed", "child", job.req.Child, "why", cause)
 		if errors.Is(cause, errClientGone) {
 			return fmt.Errorf("attach: merge of %s cancelled: %w", s.dir, cause)
@@ -178,7 +179,10 @@ func (s *server) mergeFailed(ctx context.Context, job *mergeJob, err error) erro
 	}
 	s.log.Error("merge failed", "parent", job.req.Parent, "child", job.req.Child, "err", err)
 	if errors.Is(err, errors.ErrUnsupported) {
-		return fmt.Errorf("attach: merge %s: %w", s.dir, err) // the engine cannot do it (yet)
+		// A direction the engine cannot take online (down into the writable
+		// top): a bad request, not a server too old to merge, which is what
+		// errors.ErrUnsupported means to a client of this op.
+		return fmt.Errorf("%w: merge %s: %w (direction auto takes one that works)", ErrInvalid, s.dir, err)
 	}
 	return fmt.Errorf("attach: merge %s: %w", s.dir, typed(err))
 }

@@ -69,6 +69,13 @@ func TestOnlineMergeUnderLoad(t *testing.T) {
 			t.Fatalf("snapshot: %v", err)
 		}
 	}
+	// Down into the writable top is not done online: a clear refusal that
+	// changes nothing (auto takes up for that pair).
+	d := f.chain()
+	_, err = f.c.Merge(f.ctx(), f.dir, attach.MergeRequest{Parent: d[len(d)-2], Child: d[len(d)-1], Direction: image.MergeDown})
+	if !errors.Is(err, attach.ErrInvalid) || len(f.chain()) != len(d) {
+		t.Fatalf("merge down into the top: %v, chain %d deep (was %d)", err, len(f.chain()), len(d))
+	}
 	for _, c := range []struct {
 		name      string
 		pair      func(d []string) (string, string)
