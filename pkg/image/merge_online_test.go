@@ -308,3 +308,48 @@ func TestChainMergeTopDownRecopiesDirtyClusters(t *testing.T) {
 		t.Fatalf("check: %v %+v", err, r)
 	}
 }
+
+// TestChainMergeStopsAtStickySyncError: a failed sync of the top while an
+// online merge copies into it (up) or switches away from it (down) fails
+// the merge and the chain (Err), leaves the descriptor as it was, and a
+// failed chain takes no merge. Reads go on.
+func TestChainMergeStopsAtStickySyncError(t *testing.T) {
+	const cs = 64 << 10
+	for _, dir := range []MergeDirection{MergeUp, MergeDown} {
+		t.Run(string(dir), func(t *testing.T) {
+			mem, d := newMemFS(), t.TempDir()
+			fsys := &faultFS{FS: mem, metaEnd: cs}
+			if err := Create(d, 8<<20, CreateOptions{ClusterSize: cs, FS: fsys}); err != nil {
+				t.Fatal(err)
+			}
+			img, err := OpenDir(d, OpenOptions{FS: fsys})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			c := img.Chain()
+			mustWrite(t, c, 0, pattern(1, 4*cs))
+			if _, err := img.Snapshot(SnapshotOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			mustWrite(t, c, cs, pattern(2, cs))
+			want := mustRead(t, c, 0, 4*cs)
+			files := c.Deltas()
+			fsys.only = files[1] // the top
+			fsys.arm(true, false)
+			_, err = img.Merge(context.Background(), files[0], files[1], PairMergeOptions{Direction: dir})
+			if !errors.Is(err, ErrSyncFailed) || c.Err() == nil {
+				t.Fatalf("merge: %v, chain error %v; want the sync failure", err, c.Err())
+			}
+			if desc, err := readDescriptor(mem, d); err != nil || len(desc.Storage[0].Images) != 2 {
+				t.Fatalf("descriptor after the failed merge: %v", err)
+			}
+			if got := mustRead(t, c, 0, 4*cs); !bytes.Equal(got, want) {
+				t.Fatal("reads changed")
+			}
+			if _, err := img.Merge(context.Background(), files[0], files[1], PairMergeOptions{Direction: dir}); !errors.Is(err, ErrSyncFailed) {
+				t.Fatalf("merge on a failed chain: %v", err)
+			}
+		})
+	}
+}

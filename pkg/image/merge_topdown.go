@@ -25,38 +25,76 @@ import (
 // where the top shadows it, appended clusters are unreferenced until their
 // synced BAT entries, and record (the descriptor) is the commit point.
 
-// dirtyPasses bounds the copy passes before the switch; dirtyLeft is few
-// enough to copy with I/O drained.
+// dirtyPasses bounds the copy passes before the switch; dirtyLeftBytes is
+// little enough to copy with I/O drained.
 const (
-	dirtyPasses = 8
-	dirtyLeft   = 64
+	dirtyPasses    = 8
+	dirtyLeftBytes = 8 << 20
 )
 
-// dirtySet is a bitmap of virtual clusters, safe for concurrent use.
-type dirtySet struct{ words []atomic.Uint64 }
-
-func newDirtySet(clusters uint32) *dirtySet {
-	return &dirtySet{words: make([]atomic.Uint64, (uint64(clusters)+63)/64)}
+// dirtySet records, per virtual cluster, which units of it (up to 64 per
+// cluster, at least 4 KiB each) were written: a 4 KiB write into a cluster
+// the parent holds costs a 4 KiB copy, not a cluster. Words are allocated
+// per chunk of clusters where writes land. Safe for concurrent use.
+type dirtySet struct {
+	unit   int64 // bytes per bit
+	chunks []atomic.Pointer[[1 << chunkShift]atomic.Uint64]
 }
 
-func (d *dirtySet) set(vc uint32) {
-	if w := int(vc / 64); w < len(d.words) {
-		d.words[w].Or(1 << (vc % 64))
+type dirtyCluster struct {
+	vc   uint32
+	mask uint64
+}
+
+func newDirtySet(clusters uint32, cs int64) *dirtySet {
+	n := (uint64(clusters) + 1<<chunkShift - 1) >> chunkShift
+	return &dirtySet{unit: max(directAlign, cs/64), chunks: make([]atomic.Pointer[[1 << chunkShift]atomic.Uint64], n)}
+}
+
+func (d *dirtySet) word(vc uint32, alloc bool) *atomic.Uint64 {
+	i := int(vc >> chunkShift)
+	if i >= len(d.chunks) {
+		return nil
+	}
+	ch := d.chunks[i].Load()
+	if ch == nil {
+		if !alloc {
+			return nil
+		}
+		d.chunks[i].CompareAndSwap(nil, new([1 << chunkShift]atomic.Uint64))
+		ch = d.chunks[i].Load()
+	}
+	return &ch[vc&(1<<chunkShift-1)]
+}
+
+// mark records a write of [lo, hi) inside cluster vc.
+func (d *dirtySet) mark(vc uint32, lo, hi int64) {
+	if w := d.word(vc, true); w != nil && hi > lo {
+		first, last := lo/d.unit, (hi-1)/d.unit
+		w.Or((^uint64(0) >> (63 - last)) &^ (uint64(1)<<first - 1))
 	}
 }
 
-func (d *dirtySet) clear(vc uint32) {
-	if w := int(vc / 64); w < len(d.words) {
-		d.words[w].And(^(uint64(1) << (vc % 64)))
+// take clears vc's bits and returns them.
+func (d *dirtySet) take(vc uint32) uint64 {
+	if w := d.word(vc, false); w != nil {
+		return w.Swap(0)
 	}
+	return 0
 }
 
-// drain returns the clusters set and clears them.
-func (d *dirtySet) drain() []uint32 {
-	var out []uint32
-	for i := range d.words {
-		for w := d.words[i].Swap(0); w != 0; w &= w - 1 {
-			out = append(out, uint32(i*64+bits.TrailingZeros64(w)))
+// drain returns the dirty clusters and clears them.
+func (d *dirtySet) drain() []dirtyCluster {
+	var out []dirtyCluster
+	for i := range d.chunks {
+		ch := d.chunks[i].Load()
+		if ch == nil {
+			continue
+		}
+		for j := range ch {
+			if m := ch[j].Swap(0); m != 0 {
+				out = append(out, dirtyCluster{uint32(i<<chunkShift | j), m})
+			}
 		}
 	}
 	return out
@@ -69,8 +107,11 @@ func (c *Chain) markDirty(off, n int64) {
 	if d == nil || n <= 0 {
 		return
 	}
-	for vc := off / c.cs; vc <= (off+n-1)/c.cs; vc++ {
-		d.set(uint32(vc))
+	for pos := off; pos < off+n; {
+		vc, inner := pos/c.cs, pos%c.cs
+		step := min(off+n-pos, c.cs-inner)
+		d.mark(uint32(vc), inner, inner+step)
+		pos += step
 	}
 }
 
@@ -108,7 +149,7 @@ func (m *onlineMerge) topDown() (err error) {
 	if p.srcSize, err = src.f.Size(); err != nil {
 		return err
 	}
-	dirty := newDirtySet(uint32(len(p.dstBAT)))
+	dirty := newDirtySet(uint32(len(p.dstBAT)), c.cs)
 	c.dirty.Store(dirty)
 	defer c.dirty.Store(nil)
 	left, err := m.copyTopPasses(p, dirty)
@@ -123,33 +164,56 @@ func (m *onlineMerge) topDown() (err error) {
 	return err
 }
 
-// copyTopPasses copies every cluster of the top, then the dirty ones until
-// few are left, and returns those.
-func (m *onlineMerge) copyTopPasses(p *pairCopy, dirty *dirtySet) ([]uint32, error) {
+// copyTopPasses copies every cluster of the top, then what was written
+// meanwhile, pass after pass, until little is left, and returns that.
+func (m *onlineMerge) copyTopPasses(p *pairCopy, dirty *dirtySet) ([]dirtyCluster, error) {
 	if m.progress != nil {
 		m.progress(0, p.total)
 	}
-	for chunk := 0; ; chunk++ {
-		vcs, more, err := m.topChunk(chunk)
-		if err == nil {
-			err = m.copyTop(p, dirty, vcs)
+	for chunk, more := 0, true; more; chunk++ {
+		var vcs []uint32
+		var err error
+		vcs, more, err = m.topChunk(chunk)
+		if err != nil {
+			return nil, err
 		}
-		if err != nil || !more {
-			if err != nil {
-				return nil, err
-			}
-			break
+		todo := make([]dirtyCluster, len(vcs))
+		for i, vc := range vcs {
+			todo[i] = dirtyCluster{vc: vc, mask: ^uint64(0)}
 		}
-	}
-	for pass := 1; ; pass++ {
-		vcs := dirty.drain()
-		if len(vcs) <= dirtyLeft || pass == dirtyPasses {
-			return vcs, nil
-		}
-		if err := m.copyTop(p, nil, vcs); err != nil {
+		if err := m.copyTop(p, dirty, todo, true); err != nil {
 			return nil, err
 		}
 	}
+	// A pass copies what writers dirtied during the one before. When that
+	// stops shrinking (writers dirty as fast as it copies), another pass
+	// would not shorten the final one, which runs with I/O drained.
+	prev := int64(-1)
+	for pass := 1; ; pass++ {
+		left := dirty.drain()
+		n := m.leftBytes(p, dirty, left)
+		if n <= dirtyLeftBytes || pass == dirtyPasses || prev >= 0 && n >= prev {
+			return left, nil
+		}
+		prev = n
+		if err := m.copyTop(p, dirty, left, false); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// leftBytes estimates what copying left costs: the dirty units of a
+// cluster the parent holds, the whole cluster otherwise.
+func (m *onlineMerge) leftBytes(p *pairCopy, dirty *dirtySet, left []dirtyCluster) int64 {
+	var n int64
+	for _, d := range left {
+		if p.dstBAT[d.vc] != 0 {
+			n += int64(bits.OnesCount64(d.mask)) * dirty.unit
+		} else {
+			n += m.c.cs
+		}
+	}
+	return n
 }
 
 // topChunk returns the clusters the top holds among those of map chunk i,
@@ -176,13 +240,14 @@ func (m *onlineMerge) topChunk(i int) ([]uint32, bool, error) {
 	return out, i+1 < len(c.m.chunks), nil
 }
 
-// copyTop copies the clusters vcs the top holds, each under the read lock
-// (the chain's shape cannot change under it). With dirty, each bit is
-// cleared before its cluster is read (see the comment at the top).
-// Batches end (a sync of the parent) outside the lock.
-func (m *onlineMerge) copyTop(p *pairCopy, dirty *dirtySet, vcs []uint32) error {
-	for _, vc := range vcs {
-		if err := m.copyTopCluster(p, dirty, vc); err != nil {
+// copyTop copies the clusters todo the top holds, each under the read
+// lock (the chain's shape cannot change under it). In the first pass
+// (whole) each cluster is copied whole, its dirty bits cleared before it
+// is read (see the comment at the top). Batches end (a sync of the
+// parent) outside the lock.
+func (m *onlineMerge) copyTop(p *pairCopy, dirty *dirtySet, todo []dirtyCluster, whole bool) error {
+	for _, d := range todo {
+		if err := m.copyTopCluster(p, dirty, d, whole); err != nil {
 			return err
 		}
 		if p.batchFull() {
@@ -197,26 +262,66 @@ func (m *onlineMerge) copyTop(p *pairCopy, dirty *dirtySet, vcs []uint32) error 
 	return nil
 }
 
-func (m *onlineMerge) copyTopCluster(p *pairCopy, dirty *dirtySet, vc uint32) error {
+func (m *onlineMerge) copyTopCluster(p *pairCopy, dirty *dirtySet, d dirtyCluster, whole bool) error {
 	c := m.c
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if err := m.checkShape(); err != nil {
 		return err
 	}
-	if dirty != nil {
-		dirty.clear(vc)
+	if whole {
+		dirty.take(d.vc)
 	}
-	loc, ok := c.m.get(vc)
+	return m.copyDirty(p, dirty.unit, d, whole)
+}
+
+// copyDirty brings the parent's copy of cluster d.vc up to date with the
+// top. Where the parent holds the cluster, only the dirty units need to go:
+// either the parent has the copy of an earlier pass, or the top's cluster
+// was copied up from the parent (the level right below it) after the first
+// pass and differs from it by what was written since. The caller holds
+// c.mu.
+func (m *onlineMerge) copyDirty(p *pairCopy, unit int64, d dirtyCluster, whole bool) error {
+	c := m.c
+	loc, ok := c.m.get(d.vc)
 	if !ok || loc.level != len(c.deltas)-1 {
 		return nil
 	}
-	return p.copyCluster(vc, loc.entry, p.dstBAT[vc])
+	dst := p.dstBAT[d.vc]
+	if whole || dst == 0 {
+		return p.copyCluster(d.vc, loc.entry, dst)
+	}
+	if err := p.checkSrc(d.vc, loc.entry); err != nil {
+		return err
+	}
+	srcOff, dstOff := p.src.h.clusterOffset(loc.entry), p.dst.h.clusterOffset(dst)
+	for mask := d.mask; mask != 0; {
+		first := int64(bits.TrailingZeros64(mask))
+		n := int64(bits.TrailingZeros64(^(mask >> first)))
+		lo, hi := first*unit, min(c.cs, (first+n)*unit)
+		if lo >= hi {
+			break
+		}
+		b := p.buf[lo:hi]
+		if _, err := p.src.f.ReadAt(b, srcOff+lo); err != nil {
+			return fmt.Errorf("read %s: %w", p.src.path, err)
+		}
+		if err := writeDelta(p.dst, b, dstOff+lo); err != nil {
+			return err
+		}
+		p.copied += hi - lo
+		p.batchBytes += hi - lo
+		if first+n >= 64 {
+			break
+		}
+		mask &^= (uint64(1)<<n - 1) << first
+	}
+	return nil
 }
 
 // switchTop finishes the copy with I/O drained and makes the parent the
 // writable top; if record fails the chain stays as it was.
-func (m *onlineMerge) switchTop(p *pairCopy, dirty *dirtySet, left []uint32) error {
+func (m *onlineMerge) switchTop(p *pairCopy, dirty *dirtySet, left []dirtyCluster) error {
 	c := m.c
 	asked := time.Now()
 	c.mu.Lock()
@@ -231,11 +336,9 @@ func (m *onlineMerge) switchTop(p *pairCopy, dirty *dirtySet, left []uint32) err
 		return err
 	}
 	top := len(c.deltas) - 1
-	for _, vc := range append(left, dirty.drain()...) {
-		if loc, ok := c.m.get(vc); ok && loc.level == top {
-			if err := p.copyCluster(vc, loc.entry, p.dstBAT[vc]); err != nil {
-				return c.note(err)
-			}
+	for _, d := range append(left, dirty.drain()...) {
+		if err := m.copyDirty(p, dirty.unit, d, false); err != nil {
+			return c.note(err)
 		}
 	}
 	if err := p.endBatch(); err != nil {
