@@ -353,3 +353,29 @@ func TestChainMergeStopsAtStickySyncError(t *testing.T) {
 		})
 	}
 }
+
+func TestDirtySetUnits(t *testing.T) {
+	const cs = 1 << 20 // 64 units of 16 KiB
+	d := newDirtySet(4096, cs)
+	if d.unit != 16<<10 {
+		t.Fatalf("unit %d", d.unit)
+	}
+	d.mark(3, 0, 1)
+	d.mark(3, 20<<10, 40<<10) // units 1 and 2
+	d.mark(3, cs-1, cs)       // unit 63
+	d.mark(4095, 0, cs)       // all
+	d.mark(9999, 0, 1)        // past the end: ignored
+	got := d.drain()
+	want := []dirtyCluster{{3, 1 | 2 | 4 | 1<<63}, {4095, ^uint64(0)}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("drain %x, want %x", got, want)
+	}
+	if d.drain() != nil || d.take(3) != 0 {
+		t.Fatal("drain did not clear")
+	}
+	small := newDirtySet(16, 64<<10) // 16 units of 4 KiB
+	small.mark(0, 4095, 4097)
+	if m := small.take(0); m != 3 {
+		t.Fatalf("mask %b", m)
+	}
+}
