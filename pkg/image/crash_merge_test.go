@@ -258,6 +258,7 @@ func mergeScenarios() []mergeScenario {
 		// B is shared with D2: up leaves it alone and drops it from A.
 		onlineScenario("online bottom up", func(w *mergeWorld) string { return w.b }, p, MergeUp, false),
 		onlineScenario("online top up", t, top, MergeUp, true),
+		onlineScenario("online top down", t, top, MergeDown, true),
 	}
 }
 

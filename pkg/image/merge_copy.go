@@ -42,9 +42,14 @@ type pairCopy struct {
 	// merges into the top copy through the chain instead).
 	skip func(vc uint32) bool
 
-	batch      []batEntry // new clusters of this batch: entries written after the sync
-	batchBytes int64
-	buf        []byte
+	batch []batEntry // new clusters of this batch: entries written after the sync
+	// dstBAT, if not nil, is dst's BAT kept up to date with the clusters
+	// allocated (an online down merge from the top copies a cluster again).
+	dstBAT []uint32
+	// manualBatch: the caller ends batches (outside the chain's locks).
+	manualBatch bool
+	batchBytes  int64
+	buf         []byte
 }
 
 type batEntry struct{ vc, entry uint32 }
@@ -128,8 +133,8 @@ func (p *pairCopy) copyCluster(vc, srcEntry, dstEntry uint32) error {
 	}
 	cs := p.src.h.ClusterSize()
 	srcOff := p.src.h.clusterOffset(srcEntry)
-	if err := p.src.entryError(vc, srcEntry, p.srcSize); err != nil {
-		return fmt.Errorf("delta %s: %w", p.src.path, err)
+	if err := p.checkSrc(vc, srcEntry); err != nil {
+		return err
 	}
 	inPlace := dstEntry != 0
 	var dstOff int64
@@ -142,6 +147,9 @@ func (p *pairCopy) copyCluster(vc, srcEntry, dstEntry uint32) error {
 		}
 		dstOff = off
 		p.batch = append(p.batch, batEntry{vc, entry})
+		if p.dstBAT != nil {
+			p.dstBAT[vc] = entry
+		}
 	}
 	data, err := clusterData(p.src.f, srcOff, cs)
 	if err != nil {
@@ -165,8 +173,28 @@ func (p *pairCopy) copyCluster(vc, srcEntry, dstEntry uint32) error {
 		p.copied += s.hi - s.lo
 		p.batchBytes += s.hi - s.lo
 	}
-	if p.batchBytes >= copyBatchBytes || len(p.batch) >= batChunk {
+	if !p.manualBatch && p.batchFull() {
 		return p.endBatch()
+	}
+	return nil
+}
+
+func (p *pairCopy) batchFull() bool {
+	return p.batchBytes >= copyBatchBytes || len(p.batch) >= batChunk
+}
+
+// checkSrc validates a source entry; a source being written (the top)
+// grows, so its size is looked up again before an entry past it is bad.
+func (p *pairCopy) checkSrc(vc, entry uint32) error {
+	err := p.src.entryError(vc, entry, p.srcSize)
+	if err != nil {
+		if size, serr := p.src.f.Size(); serr == nil && size > p.srcSize {
+			p.srcSize = size
+			err = p.src.entryError(vc, entry, size)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("delta %s: %w", p.src.path, err)
 	}
 	return nil
 }

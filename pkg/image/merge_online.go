@@ -11,23 +11,22 @@ import (
 // Online merges. The chain keeps serving I/O while the data is copied;
 // only the switch (the chain's new shape, its cluster map, the descriptor
 // through record) holds the write lock, which drains I/O: that is the
-// pause. Two cases:
+// pause. Three cases:
 //
 //   - a frozen pair (the child is not the top): the kept delta is written
 //     through a separate handle. Nothing the chain reads changes: down
 //     overwrites only parent clusters the child shadows, and appended
 //     clusters (either direction) are unreferenced until the switch.
-//   - the top as the child (direction up): the parent's clusters are
-//     copied into the top as the writer's own copy-ups are, under the
-//     per-cluster allocation locks and as pending entries of the group
-//     commit; a cluster the writer allocated meanwhile is skipped (it
-//     shadows the parent anyway). The switch commits first, so the parent
-//     leaves the descriptor only once every copied entry is durable.
+//   - the top as the child, up: the parent's clusters are copied into the
+//     top as the writer's own copy-ups are, under the per-cluster
+//     allocation locks and as pending entries of the group commit; a
+//     cluster the writer allocated meanwhile is skipped (it shadows the
+//     parent anyway). The switch commits first, so the parent leaves the
+//     descriptor only once every copied entry is durable.
+//   - the top as the child, down: merge_topdown.go (dirty tracking).
 //
-// Down with the top as the child would need the writes that land in the
-// top during the copy tracked and copied again; it is refused (Auto takes
-// up). So is down into a parent smaller than the child: growing it moves
-// clusters the chain is reading.
+// Down into a parent smaller than the child is refused (Auto takes up):
+// growing it would move clusters the chain is reading.
 
 // errOnlineDown explains the refused cases.
 var errOnlineDown = fmt.Errorf("online merge down: %w", errors.ErrUnsupported)
@@ -41,8 +40,8 @@ var errOnlineDown = fmt.Errorf("online merge down: %w", errors.ErrUnsupported)
 // before. ctx cancels the copy phase: the chain's content and shape do not
 // change then. One merge at a time per chain (ErrBusy); a snapshot or
 // another shape change during the copy makes the merge fail (run it
-// again). Down is not supported with the top as the child, nor into a
-// parent smaller than the child (errors.ErrUnsupported): Auto takes up.
+// again). Down into a parent smaller than the child is not supported
+// online (errors.ErrUnsupported): Auto takes up then.
 func (c *Chain) Merge(ctx context.Context, parentPath, childPath string, opts PairMergeOptions, record func(newPaths []string) error) (MergeStats, error) {
 	start := time.Now()
 	if !c.merging.CompareAndSwap(false, true) {
@@ -71,9 +70,13 @@ func (c *Chain) Merge(ctx context.Context, parentPath, childPath string, opts Pa
 	if dir == MergeUp {
 		st.Kept, st.Dropped = childPath, parentPath
 	}
-	if isTop {
+	switch {
+	case isTop && m.down:
+		m.size = c.Size()
+		err = m.topDown()
+	case isTop:
 		err = m.intoTop()
-	} else {
+	default:
 		err = m.frozen()
 	}
 	st.BytesCopied, st.Pause, st.Duration = m.copied, m.pause, time.Since(start)
@@ -102,7 +105,9 @@ func (c *Chain) chooseOnline(parentPath, childPath string, isTop bool, want Merg
 	if err != nil {
 		return "", 0, err
 	}
-	noDown := isTop || e.parentSize < e.childSize
+	// Growing the parent would move clusters the chain reads; a top
+	// smaller than its parent does not happen (volumes do not shrink).
+	noDown := e.parentSize < e.childSize || isTop && e.parentSize != e.childSize
 	if want == MergeAuto && noDown {
 		want = MergeUp
 	}
@@ -110,8 +115,6 @@ func (c *Chain) chooseOnline(parentPath, childPath string, isTop bool, want Merg
 	switch {
 	case err != nil:
 		return "", 0, err
-	case dir == MergeDown && isTop:
-		return "", 0, fmt.Errorf("%w: %s is the writable top (merge up instead)", errOnlineDown, childPath)
 	case dir == MergeDown && noDown:
 		return "", 0, fmt.Errorf("%w: %s is smaller than %s and cannot grow while served (merge up instead)", errOnlineDown, parentPath, childPath)
 	}
@@ -129,6 +132,7 @@ type onlineMerge struct {
 	total, copied int64
 	pause         time.Duration
 	record        func([]string) error
+	size          int64 // the top down: a grow meanwhile fails the merge
 }
 
 // frozen merges a pair below the top through separate handles, then switches.
@@ -225,7 +229,8 @@ func (m *onlineMerge) checkShape() error {
 	if err := c.checkModify(); err != nil {
 		return err
 	}
-	if m.level+1 >= len(c.deltas) || !samePath(c.deltas[m.level].path, m.parent) || !samePath(c.deltas[m.level+1].path, m.child) {
+	if m.level+1 >= len(c.deltas) || !samePath(c.deltas[m.level].path, m.parent) || !samePath(c.deltas[m.level+1].path, m.child) ||
+		m.size != 0 && c.size != m.size {
 		return fmt.Errorf("%w: the chain changed during the merge of %s and %s; run it again", ErrBusy, m.parent, m.child)
 	}
 	return nil

@@ -79,6 +79,7 @@ func TestChainMergeOnline(t *testing.T) {
 		{"frozen up", 1, MergeUp},
 		{"bottom pair auto", 0, MergeAuto},
 		{"top up", 2, MergeUp},
+		{"top down", 2, MergeDown},
 		{"top auto", 2, MergeAuto},
 	}
 	for _, tc := range cases {
@@ -102,7 +103,7 @@ func TestChainMergeOnline(t *testing.T) {
 			default:
 			}
 			t.Logf("%+v", st)
-			if tc.direction != MergeAuto && st.Direction != tc.direction || tc.pair == 2 && st.Direction != MergeUp {
+			if tc.direction != MergeAuto && st.Direction != tc.direction {
 				t.Fatalf("direction %s", st.Direction)
 			}
 			if got := mustRead(t, c, 0, len(want)); !bytes.Equal(got, want) {
@@ -132,19 +133,17 @@ func TestChainMergeRefusesAndUndoes(t *testing.T) {
 	c := img.Chain()
 	files := c.Deltas()
 	ctx := context.Background()
-	if _, err := c.Merge(ctx, files[2], files[3], PairMergeOptions{Direction: MergeDown}, nil); !errors.Is(err, errors.ErrUnsupported) {
-		t.Fatalf("down into the top: %v", err)
-	}
 	if _, err := c.Merge(ctx, files[0], files[2], PairMergeOptions{}, nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("not adjacent: %v", err)
 	}
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := c.Merge(cancelled, files[1], files[2], PairMergeOptions{}, nil); !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled: %v", err)
-	}
-	if _, err := c.Merge(cancelled, files[2], files[3], PairMergeOptions{}, nil); !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled (top): %v", err)
+	for _, pair := range [][2]string{{files[1], files[2]}, {files[2], files[3]}} {
+		for _, dir := range []MergeDirection{MergeDown, MergeUp} {
+			if _, err := c.Merge(cancelled, pair[0], pair[1], PairMergeOptions{Direction: dir}, nil); !errors.Is(err, context.Canceled) {
+				t.Fatalf("cancelled %s: %v", dir, err)
+			}
+		}
 	}
 	boom := errors.New("descriptor write failed")
 	for _, dir := range []MergeDirection{MergeDown, MergeUp} {
@@ -153,8 +152,10 @@ func TestChainMergeRefusesAndUndoes(t *testing.T) {
 			t.Fatalf("record failure: %v", err)
 		}
 	}
-	if _, err := c.Merge(ctx, files[2], files[3], PairMergeOptions{}, func([]string) error { return boom }); !errors.Is(err, boom) {
-		t.Fatalf("record failure (top): %v", err)
+	for _, dir := range []MergeDirection{MergeDown, MergeUp} {
+		if _, err := c.Merge(ctx, files[2], files[3], PairMergeOptions{Direction: dir}, func([]string) error { return boom }); !errors.Is(err, boom) {
+			t.Fatalf("record failure (top %s): %v", dir, err)
+		}
 	}
 	if c.Depth() != 4 {
 		t.Fatalf("depth %d after failed merges", c.Depth())
@@ -169,5 +170,212 @@ func TestChainMergeRefusesAndUndoes(t *testing.T) {
 	// A retry after all that goes through.
 	if _, err := img.Merge(ctx, files[1], files[2], PairMergeOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestChainMergeDownIntoSmallerParent: a parent frozen before the volume
+// grew cannot grow while served: down is refused, Auto merges up.
+func TestChainMergeDownIntoSmallerParent(t *testing.T) {
+	const cs = 64 << 10
+	dir := t.TempDir()
+	if err := Create(dir, 1<<20, CreateOptions{ClusterSize: cs}); err != nil {
+		t.Fatal(err)
+	}
+	writeDir(t, dir, 0, pattern(1, 4*cs))
+	snapshotDir(t, dir)
+	if err := GrowDir(dir, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	writeDir(t, dir, 2*cs, pattern(2, 4*cs))
+	want := readDir(t, dir, 8<<20)
+	img, err := OpenDir(dir, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	files := img.Chain().Deltas()
+	ctx := context.Background()
+	if _, err := img.Merge(ctx, files[0], files[1], PairMergeOptions{Direction: MergeDown}); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("down into a smaller parent: %v", err)
+	}
+	st, err := img.Merge(ctx, files[0], files[1], PairMergeOptions{})
+	if err != nil || st.Direction != MergeUp {
+		t.Fatalf("auto: %+v %v", st, err)
+	}
+	if got := mustRead(t, img.Chain(), 0, len(want)); !bytes.Equal(got, want) {
+		t.Fatal("content changed")
+	}
+}
+
+// writeHookFS calls hook before each write into a file opened through it.
+type writeHookFS struct {
+	FS
+	hook func(path string)
+}
+
+type writeHookFile struct {
+	File
+	path string
+	fs   *writeHookFS
+}
+
+func (h *writeHookFS) Open(path string, writable bool) (File, error) {
+	f, err := h.FS.Open(path, writable)
+	if err != nil {
+		return nil, err
+	}
+	return &writeHookFile{File: f, path: path, fs: h}, nil
+}
+
+func (f *writeHookFile) WriteAt(p []byte, off int64) (int, error) {
+	f.fs.hook(f.path)
+	return f.File.WriteAt(p, off)
+}
+
+// TestChainMergeTopDownRecopiesDirtyClusters: writes that land in the top
+// while it is being copied down (into a cluster already copied, into the
+// cluster being copied, into a new one) reach the parent before the
+// switch: the dirty clusters are copied again.
+func TestChainMergeTopDownRecopiesDirtyClusters(t *testing.T) {
+	const cs = 64 << 10
+	fsys := &writeHookFS{FS: NewOSFS(false)}
+	fsys.hook = func(string) {}
+	dir := t.TempDir()
+	if err := Create(dir, 4<<20, CreateOptions{ClusterSize: cs, FS: fsys}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := OpenDir(dir, OpenOptions{FS: fsys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	c := img.Chain()
+	mustWrite(t, c, 0, pattern(1, 8*cs))
+	if _, err := img.Snapshot(SnapshotOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, c, 2*cs, pattern(2, 3*cs))
+	files := c.Deltas()
+	writes := []struct {
+		off int64
+		p   []byte
+	}{
+		{2*cs + 4096, pattern(3, 4096)}, // the first cluster copied, being copied
+		{3 * cs, pattern(4, cs)},        // one not copied yet
+		{2*cs + 8192, pattern(5, 4096)}, // copied already
+		{6*cs + 100, pattern(6, 300)},   // a new top cluster (copy-up from the parent)
+	}
+	n := 0
+	// The merge writes into the parent through its own handle: each such
+	// write (the copy of one cluster) lets the next guest write in.
+	fsys.hook = func(path string) {
+		if path != files[0] || n >= len(writes) {
+			return
+		}
+		w := writes[n]
+		n++
+		if _, err := c.WriteAt(w.p, w.off); err != nil {
+			t.Error(err)
+		}
+	}
+	want := mustRead(t, c, 0, 8*cs)
+	for _, w := range writes {
+		copy(want[w.off:], w.p)
+	}
+	st, err := img.Merge(context.Background(), files[0], files[1], PairMergeOptions{Direction: MergeDown})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(writes) {
+		t.Fatalf("%d of the writes during the copy happened", n)
+	}
+	if got := mustRead(t, c, 0, 8*cs); !bytes.Equal(got, want) {
+		t.Fatal("content differs after the merge")
+	}
+	if c.Depth() != 1 || st.Kept != files[0] {
+		t.Fatalf("depth %d, kept %s", c.Depth(), st.Kept)
+	}
+	// The new top is the parent, writable, and survives a reopen.
+	mustWrite(t, c, 7*cs, pattern(7, 4096))
+	copy(want[7*cs:], pattern(7, 4096))
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readDir(t, dir, 8*cs); !bytes.Equal(got, want) {
+		t.Fatal("reopened image differs")
+	}
+	if r, err := Check(dir, false); err != nil || !r.Clean() {
+		t.Fatalf("check: %v %+v", err, r)
+	}
+}
+
+// TestChainMergeStopsAtStickySyncError: a failed sync of the top while an
+// online merge copies into it (up) or switches away from it (down) fails
+// the merge and the chain (Err), leaves the descriptor as it was, and a
+// failed chain takes no merge. Reads go on.
+func TestChainMergeStopsAtStickySyncError(t *testing.T) {
+	const cs = 64 << 10
+	for _, dir := range []MergeDirection{MergeUp, MergeDown} {
+		t.Run(string(dir), func(t *testing.T) {
+			mem, d := newMemFS(), t.TempDir()
+			fsys := &faultFS{FS: mem, metaEnd: cs}
+			if err := Create(d, 8<<20, CreateOptions{ClusterSize: cs, FS: fsys}); err != nil {
+				t.Fatal(err)
+			}
+			img, err := OpenDir(d, OpenOptions{FS: fsys})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			c := img.Chain()
+			mustWrite(t, c, 0, pattern(1, 4*cs))
+			if _, err := img.Snapshot(SnapshotOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			mustWrite(t, c, cs, pattern(2, cs))
+			want := mustRead(t, c, 0, 4*cs)
+			files := c.Deltas()
+			fsys.only = files[1] // the top
+			fsys.arm(true, false)
+			_, err = img.Merge(context.Background(), files[0], files[1], PairMergeOptions{Direction: dir})
+			if !errors.Is(err, ErrSyncFailed) || c.Err() == nil {
+				t.Fatalf("merge: %v, chain error %v; want the sync failure", err, c.Err())
+			}
+			if desc, err := readDescriptor(mem, d); err != nil || len(desc.Storage[0].Images) != 2 {
+				t.Fatalf("descriptor after the failed merge: %v", err)
+			}
+			if got := mustRead(t, c, 0, 4*cs); !bytes.Equal(got, want) {
+				t.Fatal("reads changed")
+			}
+			if _, err := img.Merge(context.Background(), files[0], files[1], PairMergeOptions{Direction: dir}); !errors.Is(err, ErrSyncFailed) {
+				t.Fatalf("merge on a failed chain: %v", err)
+			}
+		})
+	}
+}
+
+func TestDirtySetUnits(t *testing.T) {
+	const cs = 1 << 20 // 64 units of 16 KiB
+	d := newDirtySet(4096, cs)
+	if d.unit != 16<<10 {
+		t.Fatalf("unit %d", d.unit)
+	}
+	d.mark(3, 0, 1)
+	d.mark(3, 20<<10, 40<<10) // units 1 and 2
+	d.mark(3, cs-1, cs)       // unit 63
+	d.mark(4095, 0, cs)       // all
+	d.mark(9999, 0, 1)        // past the end: ignored
+	got := d.drain()
+	want := []dirtyCluster{{3, 1 | 2 | 4 | 1<<63}, {4095, ^uint64(0)}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("drain %x, want %x", got, want)
+	}
+	if d.drain() != nil || d.take(3) != 0 {
+		t.Fatal("drain did not clear")
+	}
+	small := newDirtySet(16, 64<<10) // 16 units of 4 KiB
+	small.mark(0, 4095, 4097)
+	if m := small.take(0); m != 3 {
+		t.Fatalf("mask %b", m)
 	}
 }
