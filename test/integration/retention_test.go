@@ -3,8 +3,11 @@ package integration
 import (
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -51,7 +54,8 @@ func TestRetentionChurnUnderIO(t *testing.T) { retentionChurn(t, true) }
 const churnWriterSize = 16 << 20
 
 func retentionChurn(t *testing.T, withWriter bool) {
-	h := newHarness(t)
+	metrics := freeAddress(t)
+	h := newHarnessWith(t, t.TempDir(), harnessOptions{args: []string{"--metrics-address", metrics}})
 	v := h.createVolume("churn", churnVolume, mountCap("ext4"), nil)
 	h.stagePublish(v)
 	// live is the data the volume's files hold at the end; held what the
@@ -112,6 +116,10 @@ func retentionChurn(t *testing.T, withWriter bool) {
 	}
 	if m.count < churnRounds-1 {
 		t.Errorf("%d merges logged for %d deleted snapshots", m.count, churnRounds-1)
+	}
+	online, copied := scrapeMerges(t, metrics)
+	if online != float64(m.count) || copied != float64(m.bytes) {
+		t.Errorf("/metrics counts %v online merges copying %v bytes; the log %d copying %d", online, copied, m.count, m.bytes)
 	}
 	restored := h.createVolume("churn-restore", churnVolume, mountCap("ext4"), fromSnapshot(last.GetSnapshotId()))
 	h.stagePublish(restored)
@@ -199,6 +207,40 @@ func deltaSpace(t *testing.T, root string) int64 {
 		t.Fatal(err)
 	}
 	return total
+}
+
+// freeAddress is a local TCP address nothing listens on (for /metrics).
+func freeAddress(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// scrapeMerges reads the driver's merge counters from /metrics.
+func scrapeMerges(t *testing.T, addr string) (online, copied float64) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := func(name string) float64 {
+		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindSubmatch(b)
+		if m == nil {
+			t.Fatalf("/metrics has no %s:\n%s", name, b)
+		}
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		return v
+	}
+	return value(`csi_ploop_merge_total{mode="online"}`), value("csi_ploop_merge_copied_bytes_total")
 }
 
 // merges sums the "Merged deltas" lines of the driver's log.
