@@ -32,8 +32,10 @@ import (
 var errOnlineDown = fmt.Errorf("online merge down: %w", errors.ErrUnsupported)
 
 // Merge merges two adjacent deltas of an open chain while it serves I/O
-// (the serving process). The copy runs through separate handles, or for
-// the writable top as child under the per-cluster allocation locks; then,
+// (the serving process). The copy runs through separate handles (for the
+// top as child merged down, with the writes that land meanwhile copied
+// again), or for the top as child merged up under the per-cluster
+// allocation locks; then,
 // at the switch, under the chain's write lock (I/O drained), record is
 // called with the chain's new delta paths bottom..top: it rewrites the
 // descriptor (the commit point). If record fails the chain serves as
