@@ -22,9 +22,12 @@ const (
 	MergeUp MergeDirection = "up"
 )
 
-// MergeProgress reports bytes copied so far out of total. It is called
-// from the copying goroutine, often enough for a progress bar (not
-// necessarily per cluster).
+// MergeProgress reports the work done so far out of total, in bytes of
+// whole clusters (the unit of EstimateMerge; MergeStats.BytesCopied counts
+// the data actually copied, holes left out). It is called from the
+// copying goroutine, at the start, after every batch of up to 32 MiB, and
+// with done == total when the copy is complete (before the switch); total
+// may grow when writers add work (online). Never under the chain's locks.
 type MergeProgress func(done, total int64)
 
 // PairMergeOptions configures MergeDirPair, MergeDeltaFiles and Chain.Merge.

@@ -325,7 +325,8 @@ func (m *onlineMerge) intoTop() error {
 		return err
 	}
 	if m.progress != nil {
-		m.progress(m.copied, max(m.total, m.copied))
+		m.total = max(m.total, m.copied)
+		m.progress(m.total, m.total)
 	}
 	return m.switchOver(nil, m.finalPass)
 }

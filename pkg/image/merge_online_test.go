@@ -91,7 +91,9 @@ func TestChainMergeOnline(t *testing.T) {
 			var wg sync.WaitGroup
 			wg.Add(1)
 			go writer(t, c, want, stop, &wg, errs)
-			st, err := img.Merge(context.Background(), files[tc.pair], files[tc.pair+1], PairMergeOptions{Direction: tc.direction})
+			var last [2]int64
+			progress := func(done, total int64) { last = [2]int64{done, total} }
+			st, err := img.Merge(context.Background(), files[tc.pair], files[tc.pair+1], PairMergeOptions{Direction: tc.direction, Progress: progress})
 			close(stop)
 			wg.Wait()
 			if err != nil {
@@ -103,6 +105,9 @@ func TestChainMergeOnline(t *testing.T) {
 			default:
 			}
 			t.Logf("%+v", st)
+			if last[0] != last[1] || last[1] == 0 {
+				t.Fatalf("last progress %d of %d", last[0], last[1])
+			}
 			if tc.direction != MergeAuto && st.Direction != tc.direction {
 				t.Fatalf("direction %s", st.Direction)
 			}

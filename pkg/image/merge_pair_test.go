@@ -50,10 +50,14 @@ func TestMergeDirPairBothDirections(t *testing.T) {
 			d := t.TempDir()
 			parent, child, want := pairImage(t, d)
 			var calls int
+			var last [2]int64
 			st, err := MergeDirPair(context.Background(), d, parent, child, PairMergeOptions{
-				Direction: dir, Progress: func(done, total int64) { calls++ }})
+				Direction: dir, Progress: func(done, total int64) { calls++; last = [2]int64{done, total} }})
 			if err != nil {
 				t.Fatal(err)
+			}
+			if last[0] != last[1] || last[1] == 0 {
+				t.Fatalf("last progress %d of %d", last[0], last[1])
 			}
 			if dir != MergeAuto && st.Direction != dir || st.Direction == MergeAuto || calls == 0 {
 				t.Fatalf("stats %+v, %d progress calls", st, calls)

@@ -156,6 +156,9 @@ func (m *onlineMerge) topDown() (err error) {
 	if err == nil {
 		err = p.endBatch()
 	}
+	if err == nil && m.progress != nil {
+		m.progress(max(p.total, p.done), max(p.total, p.done))
+	}
 	if err == nil {
 		err = m.switchTop(p, dirty, left)
 	}
@@ -255,7 +258,7 @@ func (m *onlineMerge) copyTop(p *pairCopy, dirty *dirtySet, todo []dirtyCluster,
 				return err
 			}
 			if m.progress != nil {
-				m.progress(p.copied, max(p.total, p.copied))
+				m.progress(p.done, max(p.total, p.done))
 			}
 		}
 	}
