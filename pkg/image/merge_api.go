@@ -40,7 +40,9 @@ type PairMergeOptions struct {
 	// nil: SharedOutside(dir) for MergeDirPair, nothing shared for the
 	// others.
 	Shared func(path string) (bool, error)
-	FS     FS // nil: the real file system
+	// FS: nil is the real file system. Chain.Merge ignores it: it works
+	// through the chain's own.
+	FS FS
 }
 
 // MergeStats says what a merge did.
