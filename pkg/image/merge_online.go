@@ -28,17 +28,16 @@ import (
 // Down into a parent smaller than the child is refused (Auto takes up):
 // growing it would move clusters the chain is reading.
 
-// errOnlineDown explains the refused cases.
+// errOnlineDown explains the refused case.
 var errOnlineDown = fmt.Errorf("online merge down: %w", errors.ErrUnsupported)
 
 // Merge merges two adjacent deltas of an open chain while it serves I/O
 // (the serving process). The copy runs through separate handles (for the
 // top as child merged down, with the writes that land meanwhile copied
 // again), or for the top as child merged up under the per-cluster
-// allocation locks; then,
-// at the switch, under the chain's write lock (I/O drained), record is
-// called with the chain's new delta paths bottom..top: it rewrites the
-// descriptor (the commit point). If record fails the chain serves as
+// allocation locks; then, at the switch, under the chain's write lock
+// (I/O drained), record is called with the chain's new delta paths
+// bottom..top: it rewrites the descriptor (the commit point). If record fails the chain serves as
 // before. ctx cancels the copy phase: the chain's content and shape do not
 // change then. One merge at a time per chain (ErrBusy); a snapshot or
 // another shape change during the copy makes the merge fail (run it
