@@ -66,7 +66,7 @@ func (c *Chain) Merge(ctx context.Context, parentPath, childPath string, opts Pa
 		return MergeStats{}, err
 	}
 	m := &onlineMerge{c: c, ctx: ctx, level: level, parent: parentPath, child: childPath,
-		down: dir == MergeDown, progress: opts.Progress, total: total, record: record}
+		down: dir == MergeDown, progress: opts.Progress, total: total, record: record, top: isTop}
 	st := MergeStats{Direction: dir, Kept: parentPath, Dropped: childPath}
 	if dir == MergeUp {
 		st.Kept, st.Dropped = childPath, parentPath
@@ -134,6 +134,7 @@ type onlineMerge struct {
 	pause         time.Duration
 	record        func([]string) error
 	size          int64 // the top down: a grow meanwhile fails the merge
+	top           bool  // the child is the top: a snapshot meanwhile fails the merge
 }
 
 // frozen merges a pair below the top through separate handles, then switches.
@@ -231,7 +232,7 @@ func (m *onlineMerge) checkShape() error {
 		return err
 	}
 	if m.level+1 >= len(c.deltas) || !samePath(c.deltas[m.level].path, m.parent) || !samePath(c.deltas[m.level+1].path, m.child) ||
-		m.size != 0 && c.size != m.size {
+		m.top && m.level+2 != len(c.deltas) || m.size != 0 && c.size != m.size {
 		return fmt.Errorf("%w: the chain changed during the merge of %s and %s; run it again", ErrBusy, m.parent, m.child)
 	}
 	return nil

@@ -384,3 +384,45 @@ func TestDirtySetUnits(t *testing.T) {
 		t.Fatalf("mask %b", m)
 	}
 }
+
+// TestChainMergeTopFailsOnSnapshot: a snapshot taken while the top is
+// being merged makes the child frozen, the tip of a snapshot: copying the
+// parent into the new top and dropping the parent would change what that
+// snapshot reads. The merge must fail instead, and change nothing.
+func TestChainMergeTopFailsOnSnapshot(t *testing.T) {
+	for _, dir := range []MergeDirection{MergeUp, MergeDown} {
+		t.Run(string(dir), func(t *testing.T) {
+			img, want := onlineImage(t)
+			c := img.Chain()
+			files := c.Deltas()
+			fired := false
+			progress := func(done, total int64) {
+				if !fired {
+					fired = true
+					if err := c.Snapshot(files[3]+".next", nil); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+			_, err := c.Merge(context.Background(), files[2], files[3], PairMergeOptions{Direction: dir, Progress: progress},
+				func([]string) error { t.Error("record called"); return nil })
+			if !errors.Is(err, ErrBusy) {
+				t.Fatalf("merge across a snapshot: %v, want ErrBusy", err)
+			}
+			if c.Depth() != 5 {
+				t.Fatalf("depth %d", c.Depth())
+			}
+			if got := mustRead(t, c, 0, len(want)); !bytes.Equal(got, want) {
+				t.Fatal("content changed")
+			}
+			snap, err := OpenChain(files, ChainOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer snap.Close()
+			if got := mustRead(t, snap, 0, len(want)); !bytes.Equal(got, want) {
+				t.Fatal("the snapshot's content changed")
+			}
+		})
+	}
+}
