@@ -33,8 +33,8 @@ func onlineImage(t *testing.T) (img *Image, want []byte) {
 	return img, mustRead(t, img.Chain(), 0, 64*cs)
 }
 
-// writer writes and reads back random clusters until stop is closed,
-// flushing now and then; it keeps want up to date.
+// writer writes (and discards) and reads back random clusters until stop
+// is closed, flushing now and then; it keeps want up to date.
 func writer(t *testing.T, c *Chain, want []byte, stop chan struct{}, wg *sync.WaitGroup, errs chan<- error) {
 	const cs = 64 << 10
 	defer wg.Done()
@@ -50,7 +50,17 @@ func writer(t *testing.T, c *Chain, want []byte, stop chan struct{}, wg *sync.Wa
 		if off+int64(len(p)) > int64(len(want)) {
 			continue
 		}
-		if _, err := c.WriteAt(p, off); err != nil {
+		if i%7 == 3 { // a discard: a punch in the top, or a zero cluster hiding the lower ones
+			if r.IntN(2) == 0 {
+				off, p = off/cs*cs, make([]byte, cs)
+			} else {
+				p = make([]byte, len(p))
+			}
+			if err := c.Discard(off, int64(len(p))); err != nil {
+				errs <- err
+				return
+			}
+		} else if _, err := c.WriteAt(p, off); err != nil {
 			errs <- err
 			return
 		}
