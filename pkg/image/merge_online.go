@@ -286,7 +286,9 @@ func (cm *clusterMap) each(fn func(vc uint32, v uint64) uint64) {
 		}
 		for j := range ch {
 			if v := ch[j].Load(); v != 0 {
-				ch[j].Store(fn(uint32(i<<chunkShift|j), v))
+				if nv := fn(uint32(i<<chunkShift|j), v); nv != v {
+					ch[j].Store(nv)
+				}
 			}
 		}
 	}
