@@ -267,6 +267,7 @@ func TestMergeCrashAtEveryOperation(t *testing.T) {
 	w := buildMergeWorld(t, base)
 	for _, sc := range mergeScenarios() {
 		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel() // each on its own copy of the world
 			fsys := base.reboot(keepAll)
 			var stage int
 			if err := sc.run(fsys, w, &stage); err != nil {

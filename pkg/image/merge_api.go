@@ -22,9 +22,12 @@ const (
 	MergeUp MergeDirection = "up"
 )
 
-// MergeProgress reports bytes copied so far out of total. It is called
-// from the copying goroutine, often enough for a progress bar (not
-// necessarily per cluster).
+// MergeProgress reports the work done so far out of total, in bytes of
+// whole clusters (the unit of EstimateMerge; MergeStats.BytesCopied counts
+// the data actually copied, holes left out). It is called from the
+// copying goroutine, at the start, after every batch of up to 32 MiB, and
+// with done == total when the copy is complete (before the switch); total
+// may grow when writers add work (online). Never under the chain's locks.
 type MergeProgress func(done, total int64)
 
 // PairMergeOptions configures MergeDirPair, MergeDeltaFiles and Chain.Merge.
@@ -37,7 +40,9 @@ type PairMergeOptions struct {
 	// nil: SharedOutside(dir) for MergeDirPair, nothing shared for the
 	// others.
 	Shared func(path string) (bool, error)
-	FS     FS // nil: the real file system
+	// FS: nil is the real file system. Chain.Merge ignores it: it works
+	// through the chain's own.
+	FS FS
 }
 
 // MergeStats says what a merge did.

@@ -34,7 +34,8 @@ type pairCopy struct {
 	src, dst *Delta
 	down     bool
 	progress MergeProgress
-	total    int64 // estimate, for progress
+	total    int64 // estimate, for progress: whole clusters
+	done     int64 // whole clusters processed (the unit of total)
 	copied   int64 // data bytes written
 	srcSize  int64 // the source file's size: entries are checked against it
 
@@ -80,7 +81,18 @@ func (p *pairCopy) run() error {
 	if err == nil {
 		err = p.endBatch()
 	}
+	if err == nil && p.progress != nil {
+		p.total = max(p.total, p.done) // the estimate counted whole clusters: end at 100%
+		p.progress(p.total, p.total)
+	}
 	return err
+}
+
+// report calls the progress callback, if any, with the clusters processed.
+func (p *pairCopy) report() {
+	if p.progress != nil {
+		p.progress(p.done, max(p.total, p.done))
+	}
 }
 
 // forEachPair calls fn(vc, a's entry, b's entry) for vc in [0, limit),
@@ -136,6 +148,7 @@ func (p *pairCopy) copyCluster(vc, srcEntry, dstEntry uint32) error {
 	if err := p.checkSrc(vc, srcEntry); err != nil {
 		return err
 	}
+	p.done += cs
 	inPlace := dstEntry != 0
 	var dstOff int64
 	if inPlace {
@@ -219,9 +232,7 @@ func (p *pairCopy) endBatch() error {
 		}
 	}
 	p.batch, p.batchBytes = p.batch[:0], 0
-	if p.progress != nil {
-		p.progress(p.copied, max(p.total, p.copied))
-	}
+	p.report()
 	return nil
 }
 

@@ -28,15 +28,16 @@ import (
 // Down into a parent smaller than the child is refused (Auto takes up):
 // growing it would move clusters the chain is reading.
 
-// errOnlineDown explains the refused cases.
+// errOnlineDown explains the refused case.
 var errOnlineDown = fmt.Errorf("online merge down: %w", errors.ErrUnsupported)
 
 // Merge merges two adjacent deltas of an open chain while it serves I/O
-// (the serving process). The copy runs through separate handles, or for
-// the writable top as child under the per-cluster allocation locks; then,
-// at the switch, under the chain's write lock (I/O drained), record is
-// called with the chain's new delta paths bottom..top: it rewrites the
-// descriptor (the commit point). If record fails the chain serves as
+// (the serving process). The copy runs through separate handles (for the
+// top as child merged down, with the writes that land meanwhile copied
+// again), or for the top as child merged up under the per-cluster
+// allocation locks; then, at the switch, under the chain's write lock
+// (I/O drained), record is called with the chain's new delta paths
+// bottom..top: it rewrites the descriptor (the commit point). If record fails the chain serves as
 // before. ctx cancels the copy phase: the chain's content and shape do not
 // change then. One merge at a time per chain (ErrBusy); a snapshot or
 // another shape change during the copy makes the merge fail (run it
@@ -65,7 +66,7 @@ func (c *Chain) Merge(ctx context.Context, parentPath, childPath string, opts Pa
 		return MergeStats{}, err
 	}
 	m := &onlineMerge{c: c, ctx: ctx, level: level, parent: parentPath, child: childPath,
-		down: dir == MergeDown, progress: opts.Progress, total: total, record: record}
+		down: dir == MergeDown, progress: opts.Progress, total: total, record: record, top: isTop}
 	st := MergeStats{Direction: dir, Kept: parentPath, Dropped: childPath}
 	if dir == MergeUp {
 		st.Kept, st.Dropped = childPath, parentPath
@@ -133,6 +134,7 @@ type onlineMerge struct {
 	pause         time.Duration
 	record        func([]string) error
 	size          int64 // the top down: a grow meanwhile fails the merge
+	top           bool  // the child is the top: a snapshot meanwhile fails the merge
 }
 
 // frozen merges a pair below the top through separate handles, then switches.
@@ -230,7 +232,7 @@ func (m *onlineMerge) checkShape() error {
 		return err
 	}
 	if m.level+1 >= len(c.deltas) || !samePath(c.deltas[m.level].path, m.parent) || !samePath(c.deltas[m.level+1].path, m.child) ||
-		m.size != 0 && c.size != m.size {
+		m.top && m.level+2 != len(c.deltas) || m.size != 0 && c.size != m.size {
 		return fmt.Errorf("%w: the chain changed during the merge of %s and %s; run it again", ErrBusy, m.parent, m.child)
 	}
 	return nil
@@ -284,7 +286,9 @@ func (cm *clusterMap) each(fn func(vc uint32, v uint64) uint64) {
 		}
 		for j := range ch {
 			if v := ch[j].Load(); v != 0 {
-				ch[j].Store(fn(uint32(i<<chunkShift|j), v))
+				if nv := fn(uint32(i<<chunkShift|j), v); nv != v {
+					ch[j].Store(nv)
+				}
 			}
 		}
 	}
@@ -323,7 +327,8 @@ func (m *onlineMerge) intoTop() error {
 		return err
 	}
 	if m.progress != nil {
-		m.progress(m.copied, max(m.total, m.copied))
+		m.total = max(m.total, m.copied)
+		m.progress(m.total, m.total)
 	}
 	return m.switchOver(nil, m.finalPass)
 }

@@ -33,8 +33,8 @@ func onlineImage(t *testing.T) (img *Image, want []byte) {
 	return img, mustRead(t, img.Chain(), 0, 64*cs)
 }
 
-// writer writes and reads back random clusters until stop is closed,
-// flushing now and then; it keeps want up to date.
+// writer writes (and discards) and reads back random clusters until stop
+// is closed, flushing now and then; it keeps want up to date.
 func writer(t *testing.T, c *Chain, want []byte, stop chan struct{}, wg *sync.WaitGroup, errs chan<- error) {
 	const cs = 64 << 10
 	defer wg.Done()
@@ -50,7 +50,17 @@ func writer(t *testing.T, c *Chain, want []byte, stop chan struct{}, wg *sync.Wa
 		if off+int64(len(p)) > int64(len(want)) {
 			continue
 		}
-		if _, err := c.WriteAt(p, off); err != nil {
+		if i%7 == 3 { // a discard: a punch in the top, or a zero cluster hiding the lower ones
+			if r.IntN(2) == 0 {
+				off, p = off/cs*cs, make([]byte, cs)
+			} else {
+				p = make([]byte, len(p))
+			}
+			if err := c.Discard(off, int64(len(p))); err != nil {
+				errs <- err
+				return
+			}
+		} else if _, err := c.WriteAt(p, off); err != nil {
 			errs <- err
 			return
 		}
@@ -91,7 +101,9 @@ func TestChainMergeOnline(t *testing.T) {
 			var wg sync.WaitGroup
 			wg.Add(1)
 			go writer(t, c, want, stop, &wg, errs)
-			st, err := img.Merge(context.Background(), files[tc.pair], files[tc.pair+1], PairMergeOptions{Direction: tc.direction})
+			var last [2]int64
+			progress := func(done, total int64) { last = [2]int64{done, total} }
+			st, err := img.Merge(context.Background(), files[tc.pair], files[tc.pair+1], PairMergeOptions{Direction: tc.direction, Progress: progress})
 			close(stop)
 			wg.Wait()
 			if err != nil {
@@ -103,6 +115,9 @@ func TestChainMergeOnline(t *testing.T) {
 			default:
 			}
 			t.Logf("%+v", st)
+			if last[0] != last[1] || last[1] == 0 {
+				t.Fatalf("last progress %d of %d", last[0], last[1])
+			}
 			if tc.direction != MergeAuto && st.Direction != tc.direction {
 				t.Fatalf("direction %s", st.Direction)
 			}
@@ -377,5 +392,47 @@ func TestDirtySetUnits(t *testing.T) {
 	small.mark(0, 4095, 4097)
 	if m := small.take(0); m != 3 {
 		t.Fatalf("mask %b", m)
+	}
+}
+
+// TestChainMergeTopFailsOnSnapshot: a snapshot taken while the top is
+// being merged makes the child frozen, the tip of a snapshot: copying the
+// parent into the new top and dropping the parent would change what that
+// snapshot reads. The merge must fail instead, and change nothing.
+func TestChainMergeTopFailsOnSnapshot(t *testing.T) {
+	for _, dir := range []MergeDirection{MergeUp, MergeDown} {
+		t.Run(string(dir), func(t *testing.T) {
+			img, want := onlineImage(t)
+			c := img.Chain()
+			files := c.Deltas()
+			fired := false
+			progress := func(done, total int64) {
+				if !fired {
+					fired = true
+					if err := c.Snapshot(files[3]+".next", nil); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+			_, err := c.Merge(context.Background(), files[2], files[3], PairMergeOptions{Direction: dir, Progress: progress},
+				func([]string) error { t.Error("record called"); return nil })
+			if !errors.Is(err, ErrBusy) {
+				t.Fatalf("merge across a snapshot: %v, want ErrBusy", err)
+			}
+			if c.Depth() != 5 {
+				t.Fatalf("depth %d", c.Depth())
+			}
+			if got := mustRead(t, c, 0, len(want)); !bytes.Equal(got, want) {
+				t.Fatal("content changed")
+			}
+			snap, err := OpenChain(files, ChainOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer snap.Close()
+			if got := mustRead(t, snap, 0, len(want)); !bytes.Equal(got, want) {
+				t.Fatal("the snapshot's content changed")
+			}
+		})
 	}
 }

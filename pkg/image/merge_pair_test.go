@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -49,10 +50,14 @@ func TestMergeDirPairBothDirections(t *testing.T) {
 			d := t.TempDir()
 			parent, child, want := pairImage(t, d)
 			var calls int
+			var last [2]int64
 			st, err := MergeDirPair(context.Background(), d, parent, child, PairMergeOptions{
-				Direction: dir, Progress: func(done, total int64) { calls++ }})
+				Direction: dir, Progress: func(done, total int64) { calls++; last = [2]int64{done, total} }})
 			if err != nil {
 				t.Fatal(err)
+			}
+			if last[0] != last[1] || last[1] == 0 {
+				t.Fatalf("last progress %d of %d", last[0], last[1])
 			}
 			if dir != MergeAuto && st.Direction != dir || st.Direction == MergeAuto || calls == 0 {
 				t.Fatalf("stats %+v, %d progress calls", st, calls)
@@ -159,5 +164,34 @@ func TestMergeDirDirection(t *testing.T) {
 	}
 	if got := readDir(t, d, 8<<20); !bytes.Equal(got, want) {
 		t.Fatal("content changed")
+	}
+}
+
+// TestInteropMergedDeltaQemuReads: merging a chain down to one delta (the
+// parent grown, clusters appended and overwritten in place, or the child
+// filled up) leaves a delta qemu-img checks clean and reads as the chain
+// read before.
+func TestInteropMergedDeltaQemuReads(t *testing.T) {
+	interopRequireTools(t)
+	for _, dir := range []MergeDirection{MergeDown, MergeUp} {
+		t.Run(string(dir), func(t *testing.T) {
+			tmp := t.TempDir()
+			d := filepath.Join(tmp, "img")
+			pairImage(t, d)
+			before := filepath.Join(tmp, "before.raw")
+			size := interopExport(t, mustFiles(t, d), before)
+			ctx := context.Background()
+			for len(mustFiles(t, d)) > 1 {
+				files := mustFiles(t, d)
+				if _, err := MergeDirPair(ctx, d, files[0], files[1], PairMergeOptions{Direction: dir}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			last := mustFiles(t, d)[0]
+			interopQemuCheck(t, last)
+			after := filepath.Join(tmp, "qemu.raw")
+			interopQemuConvert(t, last, after)
+			interopCompareFiles(t, before, after, size)
+		})
 	}
 }

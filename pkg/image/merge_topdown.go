@@ -156,6 +156,9 @@ func (m *onlineMerge) topDown() (err error) {
 	if err == nil {
 		err = p.endBatch()
 	}
+	if err == nil && m.progress != nil {
+		m.progress(max(p.total, p.done), max(p.total, p.done))
+	}
 	if err == nil {
 		err = m.switchTop(p, dirty, left)
 	}
@@ -255,7 +258,7 @@ func (m *onlineMerge) copyTop(p *pairCopy, dirty *dirtySet, todo []dirtyCluster,
 				return err
 			}
 			if m.progress != nil {
-				m.progress(p.copied, max(p.total, p.copied))
+				m.progress(p.done, max(p.total, p.done))
 			}
 		}
 	}
@@ -323,11 +326,17 @@ func (m *onlineMerge) copyDirty(p *pairCopy, unit int64, d dirtyCluster, whole b
 // writable top; if record fails the chain stays as it was.
 func (m *onlineMerge) switchTop(p *pairCopy, dirty *dirtySet, left []dirtyCluster) error {
 	c := m.c
+	var dropped []*Delta
 	asked := time.Now()
 	c.mu.Lock()
 	defer func() {
 		c.mu.Unlock()
 		m.pause = time.Since(asked)
+		// Out of the chain: closed (the old top's mark cleared, a sync)
+		// after I/O resumed. The caller removes the old top's file.
+		for _, d := range dropped {
+			_ = d.close(true)
+		}
 	}()
 	if err := m.checkShape(); err != nil {
 		return err
@@ -357,9 +366,7 @@ func (m *onlineMerge) switchTop(p *pairCopy, dirty *dirtySet, left []dirtyCluste
 		}
 	}
 	m.remap(p.dstBAT)
-	oldParent, oldTop := c.deltas[m.level], c.deltas[top]
+	dropped = []*Delta{c.deltas[m.level], c.deltas[top]}
 	c.deltas = append(c.deltas[:m.level:m.level], p.dst)
-	_ = oldParent.close(true) // read-only
-	_ = oldTop.close(true)    // out of every chain now: the caller removes it
 	return nil
 }
