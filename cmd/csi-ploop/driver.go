@@ -103,6 +103,7 @@ func runDriver(ctx context.Context, args []string) int {
 		klog.ErrorS(err, "Cannot open the storage root", "root", cfg.driver.Root)
 		return 1
 	}
+	defer mgr.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var regDone chan error

@@ -97,6 +97,8 @@ type Status struct {
 	// Kept: a keeper (the data-plane supervisor) holds the server's
 	// descriptors and restarts it if it dies.
 	Kept bool `json:"kept,omitempty"`
+	// Merge is the merge running now, nil if none (protocol 3).
+	Merge *MergeStatus `json:"merge,omitempty"`
 	// Protocol is the server's control protocol version (filled in by
 	// the client from the response).
 	Protocol int `json:"-"`

@@ -29,8 +29,21 @@ import (
 // and maps codes it does not know to a plain error, so old clients and
 // servers keep working with new ones (serving processes outlive driver
 // upgrades). A server refuses a request of a newer version than its own
-// with code invalid.
-const ProtocolVersion = 2
+// with code invalid, so a client sends the lowest version that has the
+// operation it asks for (opVersion): servers of an older version keep
+// answering everything they know.
+// Version 3 adds the operation merge (answered with Merge), Status.Merge
+// and the code merging.
+const ProtocolVersion = 3
+
+// opVersion is the protocol version a request of op is sent with: the
+// first version that has op.
+func opVersion(op string) int {
+	if op == opMerge {
+		return 3
+	}
+	return 2
+}
 
 // Operations.
 const (
@@ -40,6 +53,7 @@ const (
 	opDetach   = "detach"
 	opKeep     = "keep"     // become the keeper of a server that has none
 	opHandover = "handover" // become its keeper whoever kept it, to hand it over
+	opMerge    = "merge"    // merge two adjacent deltas of the chain (merge.go)
 )
 
 // Error codes carried in responses: stable strings, part of the protocol.
@@ -53,8 +67,9 @@ const (
 	codeNotFound          = "not-found"
 	codeCorrupt           = "corrupt"
 	codeVolumeFailed      = "volume-failed"
-	codeKept              = "kept"   // keep: another keeper holds the server
-	codeFailed            = "failed" // anything else
+	codeKept              = "kept"    // keep: another keeper holds the server
+	codeMerging           = "merging" // a merge runs: one at a time, no snapshot or grow meanwhile
+	codeFailed            = "failed"  // anything else
 )
 
 // errorCodes maps each code to its sentinel, in the order errResponse
@@ -73,6 +88,7 @@ var errorCodes = []struct {
 	{codeCorrupt, ErrCorrupt},
 	{codeNotFound, ErrNotFound},
 	{codeKept, ErrKept},
+	{codeMerging, ErrMerging},
 	{codeAlreadyAttached, ErrAlreadyAttached},
 	{codeStartFailed, ErrStartFailed},
 	{codeInvalid, ErrInvalid},
@@ -105,6 +121,11 @@ type request struct {
 	FsFrozen bool `json:"fsFrozen,omitempty"`
 	// Keeper (keep, handover): who asks, for the server's log.
 	Keeper string `json:"keeper,omitempty"`
+	// Parent, Child (merge): absolute paths of two adjacent deltas of the
+	// served chain; Direction: "" (the cheaper), "down" or "up".
+	Parent    string `json:"parent,omitempty"`
+	Child     string `json:"child,omitempty"`
+	Direction string `json:"direction,omitempty"`
 }
 
 type response struct {
@@ -116,6 +137,8 @@ type response struct {
 	GUID    string  `json:"guid,omitempty"`
 	// Keep (keep, handover): the kept volume; its files come attached.
 	Keep *KeepState `json:"keep,omitempty"`
+	// Merge (merge): what the merge did.
+	Merge *MergeResult `json:"merge,omitempty"`
 }
 
 // typed gives an error from pkg/image or the file system the attach
@@ -181,7 +204,7 @@ func remoteError(r response) error {
 // call sends req to the serving process of runtime directory rt. A missing
 // socket or a refused connection mean no server: ErrNotAttached.
 func call(ctx context.Context, rt string, req request) (response, error) {
-	req.Version = ProtocolVersion
+	req.Version = opVersion(req.Op)
 	var resp response
 	err := unixsock.RoundTrip(ctx, filepath.Join(rt, socketName), req, &resp)
 	if errors.Is(err, unixsock.ErrNoListener) {

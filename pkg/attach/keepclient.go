@@ -55,7 +55,7 @@ func Keep(ctx context.Context, runDir, dir string, takeover bool, keeper string)
 }
 
 func keepOn(conn *unixsock.MsgConn, op, keeper string) (Kept, error) {
-	if err := conn.Send(request{Version: ProtocolVersion, Op: op, Keeper: keeper}); err != nil {
+	if err := conn.Send(request{Version: opVersion(op), Op: op, Keeper: keeper}); err != nil {
 		return Kept{}, err
 	}
 	var resp response

@@ -25,6 +25,10 @@ func (s *server) serveControl(conn *net.UnixConn) {
 		s.keepOp(conn, req)
 		return
 	}
+	if ok && req.Op == opMerge {
+		s.mergeOp(conn, req) // long: answered without holding mu
+		return
+	}
 	defer conn.Close()
 	after := func() {}
 	if ok {
@@ -217,8 +221,8 @@ func (s *server) release() error {
 	}
 	defer ctl.Close()
 	s.ln.Close()
-	s.handlers.Wait()
 	resume := func() {
+		s.allowMerges()
 		if ln, err := listenerOf(ctl); err == nil {
 			s.ln = ln
 			go s.acceptLoop(ln)
@@ -226,6 +230,13 @@ func (s *server) release() error {
 			s.log.Error("cannot take control connections again after a refused hand-over", "err", err)
 		}
 	}
+	// A merge is cancelled, not waited for (it may take minutes); the
+	// driver runs it again on the successor.
+	if !s.stopMerges(errDraining, s.opts.RequestTimeout) {
+		resume()
+		return fmt.Errorf("attach: a merge did not end within %v of its cancel", s.opts.RequestTimeout)
+	}
+	s.handlers.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.readyToRelease(); err != nil {

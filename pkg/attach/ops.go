@@ -94,6 +94,9 @@ func (s *server) snapshot(ctx context.Context, newDeltaFile string, fsFrozen boo
 	if err := s.failure(); err != nil {
 		return "", err // a snapshot of a chain that lost writes would freeze the loss
 	}
+	if err := s.mergeBusy(); err != nil {
+		return "", err
+	}
 	if err := s.live(); err != nil {
 		return "", err
 	}
@@ -122,6 +125,9 @@ func (s *server) grow(ctx context.Context, size int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.failure(); err != nil {
+		return err
+	}
+	if err := s.mergeBusy(); err != nil {
 		return err
 	}
 	if err := s.live(); err != nil {
@@ -159,6 +165,11 @@ func (s *server) detach() error {
 	}
 	if err := s.detachLoop(); err != nil {
 		return err
+	}
+	// Nothing can use the device any more: a merge is cancelled (it is
+	// run again offline), and must have ended before the image closes.
+	if !s.stopMerges(errDetaching, s.opts.RequestTimeout) {
+		return fmt.Errorf("attach: detach %s: a merge did not end within %v of its cancel; try again", s.dir, s.opts.RequestTimeout)
 	}
 	if !s.torn.fuse {
 		if err := s.closeFUSE(false); err != nil {

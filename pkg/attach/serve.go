@@ -141,6 +141,8 @@ type server struct {
 	// handlers counts control connections being answered (a hand-over
 	// waits for them before it drains).
 	handlers sync.WaitGroup
+	// merges: the running merge (merge.go), not under mu.
+	merges merges
 
 	keepMu   sync.Mutex
 	keeper   *unixsock.MsgConn // nil when no keeper holds our descriptors
@@ -155,7 +157,8 @@ func (s *server) status() Status {
 	s.keepMu.Lock()
 	kept := s.keeper != nil
 	s.keepMu.Unlock()
-	st := Status{Device: s.dev, PID: os.Getpid(), Dir: s.dir, Depth: c.Depth(), Size: c.Size(), Binary: BinaryID(), Kept: kept}
+	st := Status{Device: s.dev, PID: os.Getpid(), Dir: s.dir, Depth: c.Depth(), Size: c.Size(), Binary: BinaryID(), Kept: kept,
+		Merge: s.mergeStatus()}
 	if err := s.health(); err != nil {
 		st.Failure = err.Error()
 	}

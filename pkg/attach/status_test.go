@@ -9,10 +9,10 @@ import (
 	"testing"
 )
 
-// fakeServer listens on rt's control socket; each connection reads one
+// hangUpServer listens on rt's control socket; each connection reads one
 // request, then hangs up without an answer for the first `drop`
 // connections and answers a status after that.
-func fakeServer(t *testing.T, rt string, drop int) net.Listener {
+func hangUpServer(t *testing.T, rt string, drop int) net.Listener {
 	t.Helper()
 	if err := os.MkdirAll(rt, 0o700); err != nil {
 		t.Fatal(err)
@@ -45,7 +45,7 @@ func fakeServer(t *testing.T, rt string, drop int) net.Listener {
 // counts, not the hang-up (the reconcile read a reset as a failure).
 func TestStatusAsksAgainAfterAHangUp(t *testing.T) {
 	rt := filepath.Join(t.TempDir(), "rt")
-	fakeServer(t, rt, 2)
+	hangUpServer(t, rt, 2)
 	dev, ok, err := attachedAt(context.Background(), rt)
 	if err != nil || !ok || dev != "/dev/loop-fake" {
 		t.Fatalf("attachedAt = %q, %v, %v; want the live server's device", dev, ok, err)
@@ -84,7 +84,7 @@ func TestStatusOfAServerThatDiedIsNotAttached(t *testing.T) {
 // A server that keeps hanging up is reported, not taken for gone.
 func TestStatusGivesUpOnAServerThatAlwaysHangsUp(t *testing.T) {
 	rt := filepath.Join(t.TempDir(), "rt")
-	fakeServer(t, rt, 1000)
+	hangUpServer(t, rt, 1000)
 	if _, ok, err := attachedAt(context.Background(), rt); err == nil || ok {
 		t.Fatalf("attachedAt = %v, %v; want an error", ok, err)
 	}

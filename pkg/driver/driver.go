@@ -94,7 +94,11 @@ func New(cfg Config, dom Domain) (*Driver, error) {
 	if cfg.Probe == nil {
 		cfg.Probe = defaultProbe(cfg.Root, "/dev/loop-control")
 	}
-	return &Driver{cfg: cfg, dom: dom, locks: volume.NewKeyLock(), metrics: NewMetrics()}, nil
+	d := &Driver{cfg: cfg, dom: dom, locks: volume.NewKeyLock(), metrics: NewMetrics()}
+	if ms, ok := dom.(mergeStatser); ok {
+		d.metrics.reg.MustRegister(newMergeCollector(ms))
+	}
+	return d, nil
 }
 
 // Metrics exposes the driver's own registry (for ServeMetrics or tests).

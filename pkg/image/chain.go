@@ -23,6 +23,10 @@ type Chain struct {
 	cs       int64
 	readOnly bool
 	closed   bool
+	merging  atomic.Bool // one Merge at a time
+	// dirty, while an online merge copies the top down, records the
+	// clusters written since (see merge_topdown.go).
+	dirty atomic.Pointer[dirtySet]
 
 	// failed holds the sticky error (wrapping ErrSyncFailed) once a sync or
 	// metadata write of a delta failed; see Err.
@@ -204,6 +208,7 @@ func (c *Chain) WriteAt(p []byte, off int64) (int, error) {
 			return c.writeCluster(p[r.lo+lo:r.lo+hi], vc, inner)
 		})
 	})
+	c.markDirty(off, int64(len(p))) // after the write: see dirtySet
 	if err != nil {
 		return 0, c.note(err)
 	}

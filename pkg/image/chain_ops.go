@@ -15,6 +15,7 @@ func (c *Chain) Discard(off, length int64) error {
 	if err := c.checkWrite(off, length); err != nil {
 		return err
 	}
+	defer c.markDirty(off, length)
 	for pos := off; pos < off+length; {
 		vc, inner := uint32(pos/c.cs), pos%c.cs
 		n := min(off+length-pos, c.cs-inner)

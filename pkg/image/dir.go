@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -111,6 +112,9 @@ type Image struct {
 	desc  *Descriptor
 	chain *Chain
 	lock  *os.File
+	// mu serialises the operations that rewrite the descriptor (Snapshot,
+	// Grow, Merge): each builds the next descriptor from the current one.
+	mu sync.Mutex
 }
 
 // OpenOptions configures OpenDir.
@@ -243,6 +247,8 @@ type SnapshotOptions struct {
 // snapshot; writes go on in a new delta. Works while I/O runs (it waits for
 // in-flight requests); the descriptor rename is the commit point.
 func (img *Image) Snapshot(opts SnapshotOptions) (string, error) {
+	img.mu.Lock()
+	defer img.mu.Unlock()
 	frozen := img.desc.Snapshots.TopGUID
 	next, file, err := img.desc.withNewTop(opts)
 	if err != nil {
@@ -258,6 +264,8 @@ func (img *Image) Snapshot(opts SnapshotOptions) (string, error) {
 
 // Grow raises the virtual size: the delta first, then the descriptor.
 func (img *Image) Grow(size int64) error {
+	img.mu.Lock()
+	defer img.mu.Unlock()
 	if size%SectorSize != 0 {
 		return fmt.Errorf("%w: size %d is not a multiple of 512", ErrInvalid, size)
 	}

@@ -1,6 +1,7 @@
 package image
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -20,6 +21,19 @@ type MergeOptions struct {
 	Shared func(path string) (bool, error)
 	// FS is the file system; nil: the real one.
 	FS FS
+	// Direction of the merge. The empty value means MergeDown (ploop's
+	// snapshot-merge) unless Auto is set, which picks the cheaper one.
+	Direction MergeDirection
+	Auto      bool
+	Progress  MergeProgress   // nil: none
+	Context   context.Context // nil: context.Background()
+}
+
+func (o MergeOptions) ctx() context.Context {
+	if o.Context == nil {
+		return context.Background()
+	}
+	return o.Context
 }
 
 // ErrShared means an operation would modify or remove a delta that another
@@ -42,55 +56,35 @@ func SharedOutside(dir string) func(path string) (bool, error) {
 }
 
 // MergeDir removes snapshot guid from a closed image directory by merging
-// the delta above it (its child, possibly the top) down into it, as ploop's
-// snapshot-merge does. The image's content does not change. The merged delta
-// takes the child's GUID and place; the child's file is deleted. The image
-// lock is held from before the descriptor is read to the end, so nothing
-// (a snapshot, an attach) can change the image meanwhile. Neither delta
-// may be shared with another chain (opts.Shared): ErrShared.
+// it with the delta above it (its child, possibly the top), as ploop's
+// snapshot-merge does. The image's content does not change. With the
+// default direction (MergeDown) the merged delta takes the child's GUID and
+// place; with MergeUp the child absorbs what the snapshot held that it
+// lacks; MergeAuto copies less. The dropped delta's file is deleted once
+// the descriptor no longer names it. The image lock is held from before
+// the descriptor is read to the end, so nothing (a snapshot, an attach)
+// can change the image meanwhile. Neither delta may be shared with
+// another chain (opts.Shared): ErrShared.
 //
-// Crash safety: until the descriptor is rewritten the child still covers
-// every cluster being copied, so reads are unchanged at every step and the
-// merge can simply be run again.
+// Crash safety: until the descriptor is rewritten every chain reads as
+// before (see MergeDirPair), so the merge can simply be run again.
 func MergeDir(dir, guid string, opts MergeOptions) error {
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return err
-	}
-	if opts.FS == nil {
-		opts.FS = NewOSFS(false)
-	}
-	if opts.Shared == nil {
-		opts.Shared = SharedOutside(dir)
-	}
-	img := &Image{Dir: dir, fs: opts.FS}
-	if err := img.takeLock(); err != nil {
-		return err
-	}
-	defer img.unlock()
-	desc, err := readDescriptor(opts.FS, dir)
-	if err != nil {
-		return err
-	}
-	parent, child, err := mergePair(desc, dir, guid)
-	if err != nil {
-		return err
-	}
-	parentPath, childPath := resolve(dir, parent.File), resolve(dir, child.File)
-	if err := refuseShared(opts.Shared, parentPath, "merged into"); err != nil {
-		return err
-	}
-	if err := refuseShared(opts.Shared, childPath, "deleted"); err != nil {
-		return err
-	}
-	if err := mergeDeltas(opts.FS, childPath, parentPath); err != nil {
-		return err
-	}
-	next := desc.withoutMerged(parent.GUID, child.GUID)
-	if err := next.write(opts.FS, dir); err != nil {
-		return err
-	}
-	return durable.Remove(durableFS{opts.FS}, childPath)
+	return withLockedDir(dir, &opts.FS, &opts.Shared, func(dir string, desc *Descriptor) error {
+		parent, child, err := mergePair(desc, dir, guid)
+		if err != nil {
+			return err
+		}
+		direction := opts.Direction
+		if direction == MergeAuto && !opts.Auto {
+			direction = MergeDown
+		}
+		st, err := mergeInDir(opts.ctx(), dir, desc, parent, child, PairMergeOptions{
+			Direction: direction, Progress: opts.Progress, Shared: opts.Shared, FS: opts.FS})
+		if err != nil {
+			return err
+		}
+		return durable.Remove(durableFS{opts.FS}, st.Dropped)
+	})
 }
 
 // mergePair finds snapshot guid's delta and the one above it.
@@ -128,40 +122,6 @@ func refuseShared(shared func(string) (bool, error), path, what string) error {
 // ErrNotFound means a named snapshot or image does not exist.
 var ErrNotFound = errors.New("not found")
 
-// mergeDeltas copies every cluster of child into parent, growing parent to
-// child's size first.
-func mergeDeltas(fsys FS, childPath, parentPath string) error {
-	child, err := openDelta(fsys, childPath, false)
-	if err != nil {
-		return err
-	}
-	defer child.close(true)
-	parent, err := openDelta(fsys, parentPath, true)
-	if err != nil {
-		return err
-	}
-	if child.h.Size() > parent.h.Size() {
-		if _, err := parent.grow(child.h.Size()); err != nil {
-			return errors.Join(err, parent.close(!errors.Is(err, ErrSyncFailed)))
-		}
-	}
-	entries := make(map[uint32]uint32)
-	err = parent.forEachEntry(func(vc, e uint32) error { entries[vc] = e; return nil })
-	buf := make([]byte, child.h.ClusterSize())
-	if err == nil {
-		err = child.forEachEntry(func(vc, e uint32) error {
-			if _, err := child.f.ReadAt(buf, child.h.clusterOffset(e)); err != nil {
-				return fmt.Errorf("read %s: %w", childPath, err)
-			}
-			return parent.putCluster(vc, entries[vc], buf)
-		})
-	}
-	if err == nil {
-		err = parent.sync()
-	}
-	return errors.Join(err, parent.close(!errors.Is(err, ErrSyncFailed)))
-}
-
 // putCluster writes a whole cluster for vc: in place when the delta holds it
 // (entry != 0), else into a new cluster synced before its BAT entry.
 func (d *Delta) putCluster(vc, entry uint32, data []byte) error {
@@ -182,24 +142,22 @@ func (d *Delta) putCluster(vc, entry uint32, data []byte) error {
 	return d.setEntry(vc, entry)
 }
 
-// withoutMerged returns a copy of the descriptor where parent's delta has
-// replaced child's: child's image entry is gone and parent's file carries
-// child's GUID, so the snapshot parent no longer exists.
-func (d *Descriptor) withoutMerged(parentGUID, childGUID string) *Descriptor {
+// withoutMerged returns a copy of the descriptor where the pair's kept
+// file has replaced both: child's image entry carries keptFile (parent's
+// file after a down merge, its own after an up merge) and parent's entry
+// is gone, so the snapshot parent no longer exists.
+func (d *Descriptor) withoutMerged(parentGUID, childGUID, keptFile string) *Descriptor {
 	next := *d
 	next.Storage = []Storage{d.Storage[0]}
-	var parentFile string
 	var images []DescImage
 	for _, img := range d.Storage[0].Images {
-		if sameGUID(img.GUID, parentGUID) {
-			parentFile = img.File
-		} else {
+		if !sameGUID(img.GUID, parentGUID) {
 			images = append(images, img)
 		}
 	}
 	for k := range images {
 		if sameGUID(images[k].GUID, childGUID) {
-			images[k].File = parentFile
+			images[k].File = keptFile
 		}
 	}
 	next.Storage[0].Images = images

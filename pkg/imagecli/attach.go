@@ -117,7 +117,8 @@ func runStatus(ctx context.Context, args []string, stdio IO) int {
 	e := env{name: "status", stdio: stdio}
 	u := usage{synopsis: "status [--run-dir DIR] IMAGEDIR", nargs: 1, text: `
 Print, as JSON, the device, server pid, chain depth and size of the attached
-image IMAGEDIR. Fails if it is not attached.`}
+image IMAGEDIR, and the progress of a merge it is running ("merge": parent,
+child, done and total bytes). Fails if it is not attached.`}
 	fs := newFlags(e.name)
 	runDir := runDirFlag(fs)
 	pos, code, ok := e.parse(fs, u, args)

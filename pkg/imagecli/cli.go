@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 )
 
@@ -162,6 +163,8 @@ func hint(err error) string {
 		return "'csi-ploop image snapshots DIR' lists the GUIDs"
 	case errors.Is(err, image.ErrShared):
 		return "another image may read that delta; if none does, run again with --assume-unshared"
+	case errors.Is(err, attach.ErrMerging):
+		return "a merge is running on the image; 'csi-ploop image status DIR' shows its progress"
 	case errors.Is(err, image.ErrReadOnly):
 		return "v1 (WithoutFreeSpace) deltas can only be read; export and import to convert"
 	}

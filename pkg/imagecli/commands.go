@@ -57,41 +57,6 @@ snapshot's GUID, and nothing else, on stdout.`}
 	return ExitOK
 }
 
-func runMerge(ctx context.Context, args []string, stdio IO) int {
-	e := env{name: "merge", stdio: stdio}
-	u := usage{synopsis: "merge [--assume-unshared] DIR GUID", nargs: 2, text: `
-Delete snapshot GUID of the (not attached) image directory DIR: the delta
-above it is merged down into it. The image's content does not change. GUID may
-be given with or without braces; 'snapshots DIR' lists them.
-
-A delta that another image reads (the base of a restore or a clone) must not
-change, so delta files outside DIR are taken as shared and the merge is
-refused when it would write to or delete one; deltas inside DIR are taken as
-this image's own. --assume-unshared merges anyway: check first that no other
-image's DiskDescriptor.xml names those files.`}
-	fs := newFlags(e.name)
-	unshared := fs.Bool("assume-unshared", false, "treat delta files outside DIR as used by this image only")
-	pos, code, ok := e.parse(fs, u, args)
-	if !ok {
-		return code
-	}
-	guid, err := normalizeGUID(pos[1])
-	if err != nil {
-		return e.usageError(fs, u, err.Error())
-	}
-	if err := needDir(pos[0], "merge"); err != nil {
-		return e.fail(err)
-	}
-	var opts image.MergeOptions // default: outside DIR = shared
-	if *unshared {
-		opts.Shared = func(string) (bool, error) { return false, nil }
-	}
-	if err := image.MergeDir(pos[0], guid, opts); err != nil {
-		return e.fail(fmt.Errorf("merge snapshot %s of %s: %w", guid, pos[0], err))
-	}
-	return ExitOK
-}
-
 func runGrow(ctx context.Context, args []string, stdio IO) int {
 	e := env{name: "grow", stdio: stdio}
 	u := usage{synopsis: "grow [--run-dir DIR] IMAGEDIR|FILE SIZE", nargs: 2, text: `

@@ -21,6 +21,9 @@ type InfoOutput struct {
 	Depth       int         `json:"depth"`       // number of deltas
 	TopGUID     string      `json:"topGUID,omitempty"`
 	Deltas      []DeltaInfo `json:"deltas"` // bottom..top
+	// AllocatedBytes is what the file system stores for all the deltas
+	// (a merge of a deleted snapshot shows here).
+	AllocatedBytes int64 `json:"allocatedBytes"`
 }
 
 // DeltaInfo describes one delta file of an image.
@@ -39,7 +42,8 @@ func runInfo(ctx context.Context, args []string, stdio IO) int {
 	e := env{name: "info", stdio: stdio}
 	u := usage{synopsis: "info [--json] DIR|FILE", nargs: 1, text: `
 Show the virtual size, cluster size and delta chain of the image directory DIR
-or of a single delta FILE. Safe while the image is attached (reads only).`}
+or of a single delta FILE, with the bytes each delta file stores (ALLOCATED)
+and their sum. Safe while the image is attached (reads only).`}
 	fs := newFlags(e.name)
 	asJSON := fs.Bool("json", false, "print an InfoOutput JSON object (stable field names)")
 	pos, code, ok := e.parse(fs, u, args)
@@ -71,7 +75,7 @@ func collectInfo(path string) (*InfoOutput, error) {
 	}
 	d.File, d.Top = path, true
 	return &InfoOutput{Path: path, Kind: "delta", VirtualSize: h.Size(), ClusterSize: h.ClusterSize(),
-		Depth: 1, Deltas: []DeltaInfo{d}}, nil
+		Depth: 1, Deltas: []DeltaInfo{d}, AllocatedBytes: d.AllocatedBytes}, nil
 }
 
 func dirInfo(dir string) (*InfoOutput, error) {
@@ -96,6 +100,7 @@ func dirInfo(dir string) (*InfoOutput, error) {
 		}
 		d.GUID, d.File, d.Top = img.GUID, img.File, i == len(chain)-1
 		out.Deltas = append(out.Deltas, d)
+		out.AllocatedBytes += d.AllocatedBytes
 	}
 	return out, nil
 }
@@ -141,7 +146,8 @@ func printInfo(w io.Writer, info *InfoOutput) {
 	fmt.Fprintf(w, "image:         %s (%s)\n", info.Path, info.Kind)
 	fmt.Fprintf(w, "virtual size:  %s (%d bytes)\n", FormatSize(info.VirtualSize), info.VirtualSize)
 	fmt.Fprintf(w, "cluster size:  %s (%d bytes)\n", FormatSize(info.ClusterSize), info.ClusterSize)
-	fmt.Fprintf(w, "depth:         %d\n\n", info.Depth)
+	fmt.Fprintf(w, "depth:         %d\n", info.Depth)
+	fmt.Fprintf(w, "allocated:     %s (%d bytes, all deltas)\n\n", FormatSize(info.AllocatedBytes), info.AllocatedBytes)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tGUID\tFILE\tALLOCATED\tIN-USE\tVERSION\tTOP")
 	for i, d := range info.Deltas {

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"slices"
 	"testing"
 )
 
@@ -11,11 +12,15 @@ type crashCase struct {
 	setup  func(t *testing.T, e *env) (op func() error, verify func(t *testing.T))
 }
 
-func runCrashCases(t *testing.T, c crashCase) {
+// before, if given, runs after the setup, before the crash.
+func runCrashCases(t *testing.T, c crashCase, before ...func(e *env, t *testing.T)) {
 	for _, point := range c.points {
 		t.Run(point, func(t *testing.T) {
 			e := newEnv(t)
 			op, verify := c.setup(t, e)
+			for _, b := range before {
+				b(e, t)
+			}
 			e.armCrash(point)
 			if !crashAt(t, func() { _ = op() }) {
 				t.Fatalf("crash point %s never reached", point)
@@ -146,4 +151,66 @@ func TestCrashDuringExpand(t *testing.T) {
 				}
 			}
 	}})
+}
+
+// mergeCrashPoints are the steps of a merge: the intent, the data copy, the
+// switch of the volume's descriptor (store), the copy recorded, each record
+// rewritten, the intent removed.
+var mergeCrashPoints = []string{"merge.intent", "merge.data", "merge.descriptor", "merge.copied",
+	"merge.copy-recorded", "merge.record-rewritten", "merge.done"}
+
+// mergeCrashCase crashes a delete at every step of the merge it causes;
+// after the restart (whose merge pass finishes or redoes the merge) and the
+// retried delete, every object shows its data and nothing is left unmerged.
+func mergeCrashCase(t *testing.T, points []string, build func(t *testing.T, e *env) (del func() error)) {
+	var want map[string]map[int]string
+	runCrashCases(t, crashCase{points: points, setup: func(t *testing.T, e *env) (func() error, func(*testing.T)) {
+		del := build(t, e)
+		return del, func(t *testing.T) { e.checkMerged(t, want) }
+	}}, func(e *env, t *testing.T) { want = e.views(t) })
+}
+
+// A frozen pair held by the volume and a later snapshot's record: deleting
+// the older snapshot merges its delta with the newer one's.
+func TestCrashDuringMergeOfFrozenPair(t *testing.T) {
+	mergeCrashCase(t, mergeCrashPoints, func(t *testing.T, e *env) func() error {
+		v := e.create(t, "v", MiB)
+		e.write(t, v.ID, 0, "a")
+		s1 := e.snap(t, v.ID, "s1")
+		e.write(t, v.ID, 1, "b")
+		e.snap(t, v.ID, "s2")
+		e.write(t, v.ID, 0, "c")
+		return func() error { return e.m.DeleteSnapshot(ctx, s1.ID) }
+	})
+}
+
+// The only snapshot of a volume: its delta merges with the writable top.
+func TestCrashDuringMergeWithTheTop(t *testing.T) {
+	points := slices.DeleteFunc(slices.Clone(mergeCrashPoints), func(p string) bool { return p == "merge.record-rewritten" })
+	mergeCrashCase(t, points, func(t *testing.T, e *env) func() error {
+		v := e.create(t, "v", MiB)
+		e.write(t, v.ID, 0, "a")
+		s := e.snap(t, v.ID, "s")
+		e.write(t, v.ID, 1, "b")
+		return func() error { return e.m.DeleteSnapshot(ctx, s.ID) }
+	})
+}
+
+// Snapshot chains whose volume is gone: the middle snapshot's delta merges
+// with the newest one's (MergeDeltas), and only records are rewritten.
+func TestCrashDuringMergeOfSnapshotChains(t *testing.T) {
+	points := slices.DeleteFunc(slices.Clone(mergeCrashPoints), func(p string) bool { return p == "merge.descriptor" })
+	mergeCrashCase(t, points, func(t *testing.T, e *env) func() error {
+		v := e.create(t, "v", MiB)
+		e.write(t, v.ID, 0, "a")
+		e.snap(t, v.ID, "s1")
+		e.write(t, v.ID, 1, "b")
+		s2 := e.snap(t, v.ID, "s2")
+		e.write(t, v.ID, 0, "c")
+		e.snap(t, v.ID, "s3")
+		if err := e.m.DeleteVolume(ctx, v.ID); err != nil {
+			t.Fatal(err)
+		}
+		return func() error { return e.m.DeleteSnapshot(ctx, s2.ID) }
+	})
 }

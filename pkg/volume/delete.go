@@ -9,32 +9,44 @@ import (
 )
 
 // DeleteVolume removes a volume; deltas still referenced by snapshots or clones
-// survive. Deleting an unknown volume succeeds (CSI idempotency); deleting a staged
-// or attached one is ErrFailedPrecondition.
+// survive, and those no chain needs apart any more are merged (waited for while
+// ctx lasts). Deleting an unknown volume succeeds (CSI idempotency); deleting a
+// staged or attached one is ErrFailedPrecondition.
 func (m *Manager) DeleteVolume(ctx context.Context, id string) error {
 	if !ValidVolumeID(id) {
 		return nil
 	}
+	removed, err := m.removeVolume(ctx, id)
+	if err != nil || !removed {
+		return err
+	}
+	m.mergeAfterDelete(ctx)
+	return nil
+}
+
+// removeVolume commits the removal of the volume and collects what only it
+// referenced; removed is false when there was no such volume.
+func (m *Manager) removeVolume(ctx context.Context, id string) (removed bool, err error) {
 	unlock, err := m.lockKey(ctx, id)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer unlock()
 	m.mu.Lock()
 	rec, ok := m.vols[id]
 	m.mu.Unlock()
 	if !ok {
-		return nil
+		return false, nil
 	}
 	if err := m.checkNotInUse(ctx, id); err != nil {
-		return err
+		return false, err
 	}
 	dir := m.volDir(id)
 	// Not attached: this removes what a serving process that died or failed
 	// to start left (runtime directory, FUSE mount, loop device), so nothing
 	// of the volume outlives it; it refuses while a process holds the image.
 	if err := m.attacher.Detach(ctx, dir); err != nil {
-		return fmt.Errorf("volume %s: clean up its serving process's leftovers: %w", id, err)
+		return false, fmt.Errorf("volume %s: clean up its serving process's leftovers: %w", id, err)
 	}
 	chain, cerr := m.store.ChainFiles(ctx, dir)
 	if cerr != nil {
@@ -43,7 +55,7 @@ func (m *Manager) DeleteVolume(ctx context.Context, id string) error {
 		klog.FromContext(ctx).Error(cerr, "Reading chain of deleted volume", "volumeID", id)
 	}
 	if err := removeDurable(m.volMetaPath(id)); err != nil {
-		return err
+		return false, err
 	}
 	m.mu.Lock()
 	delete(m.vols, id)
@@ -54,7 +66,7 @@ func (m *Manager) DeleteVolume(ctx context.Context, id string) error {
 		klog.FromContext(ctx).Error(err, "Removing volume dir", "volumeID", id)
 	}
 	m.crashPoint("delete.dir-removed")
-	return m.collect(ctx, chain)
+	return true, m.collect(ctx, chain)
 }
 
 func (m *Manager) checkNotInUse(ctx context.Context, id string) error {

@@ -10,6 +10,7 @@
 //	<root>/meta/snapshots/<snapID>.json         committed snapshot record (name, source volume, frozen chain)
 //	<root>/meta/staged/<volID>.json             node-side record: volume is staged (path, block, fs, flags)
 //	<root>/meta/published/<volID>/<hash>.json   node-side record per published target (path, bind options)
+//	<root>/meta/merges/<hex32>.json             intent of a merge in progress (parent, child, volume, copied)
 //
 // Volume IDs are "vol-" + 32 hex digits, snapshot IDs "snap-" + 32 hex digits, delta
 // files 32 hex digits + ".hds". Every ID arriving from a request is checked against
@@ -27,6 +28,17 @@
 // Creators hold the GC lock shared for the whole operation and Sweep holds it
 // exclusively, so a sweep never sees the not-yet-committed files of an in-flight create.
 // Everything else is serialized per volume/snapshot ID or per name with keyed locks.
+//
+// # Merges
+//
+// Once no chain needs a delta as a layer of its own (no volume's top, no
+// snapshot's frozen top, no branch point), it is merged with its only child
+// and leaves every chain (merge.go, mergeplan.go): DeleteSnapshot,
+// DeleteVolume and Open run a merge pass, the deletes wait for it while their
+// context lasts. Online through the serving process when the volume is
+// attached, offline through the image store otherwise; a pair two volumes'
+// chains share is left until one of them is gone. An intent record makes the
+// rewrite of the references (descriptor, snapshot records) resumable.
 //
 // # Node records
 //

@@ -48,9 +48,9 @@ func (f *fakeStore) at(name string) {
 func (f *fakeStore) newDelta(path string) error {
 	f.mu.Lock()
 	f.seq++
-	data := fmt.Appendf(nil, "delta %d", f.seq)
+	d := &fakeDelta{ID: f.seq, Data: map[int]string{}}
 	f.mu.Unlock()
-	return os.WriteFile(path, data, 0o600)
+	return saveFakeDelta(path, d)
 }
 
 func writeDesc(dir string, d *fakeDescriptor) error {
@@ -177,6 +177,7 @@ type fakeAttacher struct {
 	detachErr error             // returned by Detach when set
 	snapshots int
 	grows     int
+	merges    int
 	next      int
 }
 

@@ -20,24 +20,48 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvAt(t, t.TempDir())
+}
+
+func newEnvAt(t *testing.T, root string) *env {
+	t.Helper()
 	store := newFakeStore()
-	e := &env{root: t.TempDir(), store: store, att: newFakeAttacher(store), mnt: newFakeMounter()}
+	e := &env{root: root, store: store, att: newFakeAttacher(store), mnt: newFakeMounter()}
 	e.reopen(t)
 	return e
 }
 
+// memTempDir is a temporary directory in memory (tmpfs) where there is one:
+// for tests that commit thousands of records, whose fsyncs would otherwise
+// make them as slow as the disk is busy.
+func memTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "volume-test-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // reopen starts a fresh Manager on the same root, as after a restart or crash; the
 // fakes keep their state like the serving processes would.
+// Merges run inline (in the goroutine of the RPC or of Open), so a test sees
+// their effect when the call returns and a simulated crash unwinds the test.
 func (e *env) reopen(t *testing.T) {
 	t.Helper()
 	e.store.step = nil
+	if e.m != nil {
+		e.m.Close()
+	}
 	m, err := Open(context.Background(), Options{
-		Root: e.root, Store: e.store, Attacher: e.att, Mounter: e.mnt, SweepGrace: -1,
+		Root: e.root, Store: e.store, Attacher: e.att, Mounter: e.mnt, SweepGrace: -1, inlineMerges: true,
 	})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
 	e.m = m
+	t.Cleanup(func() { m.Close() })
 }
 
 func (e *env) create(t *testing.T, name string, size int64) Volume {

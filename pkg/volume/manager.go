@@ -30,6 +30,10 @@ type Options struct {
 	SkipSweep bool
 	// Now is injectable for tests; nil means time.Now.
 	Now func() time.Time
+
+	// inlineMerges runs merge passes in the goroutine that asks for them
+	// (crash tests: a simulated crash must unwind the caller).
+	inlineMerges bool
 }
 
 // Manager owns the volumes and snapshots under one storage root. It is safe for
@@ -54,13 +58,20 @@ type Manager struct {
 	volByName map[string]string
 	snapByNm  map[string]string
 
+	// merges runs merge passes (nil in a node-only process, which neither
+	// deletes nor sweeps); stats counts what they did.
+	merges *merger
+	stats  mergeStats
+
 	// crash, when set by tests, is called at named points between steps and may panic
 	// to simulate a crash there.
 	crash func(point string)
 }
 
-// Open loads the metadata under opts.Root (creating the layout if missing) and sweeps
-// leftovers of interrupted operations.
+// Open loads the metadata under opts.Root (creating the layout if missing), sweeps
+// leftovers of interrupted operations and starts a merge pass in the background
+// (merges a crash interrupted are finished, deltas no chain needs apart are merged).
+// Close stops it.
 func Open(ctx context.Context, opts Options) (*Manager, error) {
 	if opts.Root == "" || opts.Store == nil || opts.Attacher == nil {
 		return nil, fmt.Errorf("volume.Open: root, store and attacher are required: %w", ErrInvalid)
@@ -102,14 +113,38 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 		// A sweep failure only leaves garbage behind; serving must go on.
 		klog.FromContext(ctx).Error(err, "Startup sweep incomplete", "root", root)
 	}
+	m.merges = newMerger(klog.NewContext(ctx, klog.FromContext(ctx).WithName("merge")), m.mergePass, opts.inlineMerges)
+	if opts.inlineMerges {
+		m.merges.runAndWait(ctx)
+	} else {
+		m.merges.request()
+	}
 	return m, nil
+}
+
+// Close stops the background merges (a merge cut short is finished or
+// redone by the next Open). The Manager must not be used afterwards.
+func (m *Manager) Close() error {
+	if m.merges != nil {
+		m.merges.close()
+	}
+	return nil
+}
+
+// mergeAfterDelete runs a merge pass after a delete dropped references and
+// waits for it while ctx lasts, so that the caller sees the space back when
+// it returns; the merges go on in the background if ctx ends first.
+func (m *Manager) mergeAfterDelete(ctx context.Context) {
+	if m.merges != nil {
+		m.merges.runAndWait(ctx)
+	}
 }
 
 // Root is the absolute storage root.
 func (m *Manager) Root() string { return m.root }
 
 func (m *Manager) makeLayout() error {
-	for _, d := range []string{m.volumesDir(), m.deltasDir(), m.volMetaDir(), m.snapMetaDir(), m.stagedDir(), m.publishedDir()} {
+	for _, d := range []string{m.volumesDir(), m.deltasDir(), m.volMetaDir(), m.snapMetaDir(), m.stagedDir(), m.publishedDir(), m.mergesDir()} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)
 		}

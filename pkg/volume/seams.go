@@ -1,6 +1,9 @@
 package volume
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // CreateOptions mirrors image.CreateOptions so this package does not depend on the
 // ploop format code; the adapter in the cmd copies the fields.
@@ -31,6 +34,50 @@ type ImageStore interface {
 	GrowDir(ctx context.Context, dir string, size int64) error
 	// AllocatedBytes is the data held by one delta file.
 	AllocatedBytes(ctx context.Context, path string) (int64, error)
+	// MergeDir merges req.Parent with req.Child, the delta right above it in
+	// the chain of the unattached image dir, and rewrites the descriptor
+	// without the dropped delta (the commit point). The dropped file stays:
+	// the caller removes it once nothing references it. Every chain's
+	// content is the same before, during and after; a merge cut short can
+	// be run again in either direction.
+	MergeDir(ctx context.Context, dir string, req MergeRequest) (MergeResult, error)
+	// MergeDeltas is the copy of MergeDir for two frozen delta files that
+	// lie in no image's chain (snapshot chains whose volume is gone): the
+	// kept file holds both views afterwards; nothing is rewritten or removed.
+	MergeDeltas(ctx context.Context, req MergeRequest) (MergeResult, error)
+}
+
+// MergeDirection says which way a merge copies.
+type MergeDirection string
+
+const (
+	// MergeAuto takes the direction that copies less, judged from the BATs.
+	MergeAuto MergeDirection = ""
+	// MergeDown copies the child's clusters into the parent; the child
+	// leaves the chain. Cost: the child's clusters.
+	MergeDown MergeDirection = "down"
+	// MergeUp copies the parent's clusters the child lacks into the child;
+	// the parent leaves the chain. Cost: those clusters.
+	MergeUp MergeDirection = "up"
+)
+
+// MergeRequest names two adjacent deltas of a chain.
+type MergeRequest struct {
+	Parent    string // absolute path of the lower delta
+	Child     string // absolute path of the delta right above it
+	Direction MergeDirection
+}
+
+// MergeResult says what a merge did.
+type MergeResult struct {
+	Direction MergeDirection // the direction taken
+	// Kept holds the combined view now; Dropped is out of the chain (its
+	// file is left for the caller to remove).
+	Kept, Dropped string
+	BytesCopied   int64
+	Duration      time.Duration
+	// Pause is how long I/O waited at the switch (online merges).
+	Pause time.Duration
 }
 
 // Attacher serves an image dir as a block device (pkg/attach). All methods are
@@ -44,6 +91,9 @@ type Attacher interface {
 	// rewrites the descriptor itself.
 	Snapshot(ctx context.Context, volDir, newDeltaFile string) (frozenGUID string, err error)
 	Grow(ctx context.Context, volDir string, size int64) error
+	// Merge is ImageStore.MergeDir on an attached image, done by its serving
+	// process while I/O goes on (a background copy, then a short switch).
+	Merge(ctx context.Context, volDir string, req MergeRequest) (MergeResult, error)
 	// Health returns why an attached volume failed ("" when it is healthy or
 	// not attached): a failed sync of a delta makes every later write, flush
 	// and snapshot fail until it is detached, checked and attached again.

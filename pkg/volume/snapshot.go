@@ -157,30 +157,42 @@ func (m *Manager) poolPaths(names []string) []string {
 	return paths
 }
 
-// DeleteSnapshot removes a snapshot; its deltas go only if nothing else uses them.
+// DeleteSnapshot removes a snapshot; its deltas go only if nothing else uses them,
+// and deltas no chain needs apart any more are merged (waited for while ctx lasts).
 // Deleting an unknown snapshot succeeds (CSI idempotency).
 func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
 	if !ValidSnapshotID(id) {
 		return nil
 	}
+	removed, err := m.removeSnapshot(ctx, id)
+	if err != nil || !removed {
+		return err
+	}
+	m.mergeAfterDelete(ctx)
+	return nil
+}
+
+// removeSnapshot commits the removal of the record and collects what only it
+// referenced; removed is false when there was no such snapshot.
+func (m *Manager) removeSnapshot(ctx context.Context, id string) (removed bool, err error) {
 	unlock, err := m.lockKey(ctx, id)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer unlock()
 	m.mu.Lock()
 	rec, ok := m.snaps[id]
 	m.mu.Unlock()
 	if !ok {
-		return nil // already gone
+		return false, nil // already gone
 	}
 	if err := removeDurable(m.snapMetaPath(id)); err != nil {
-		return err
+		return false, err
 	}
 	m.mu.Lock()
 	delete(m.snaps, id)
 	delete(m.snapByNm, rec.Name)
 	m.mu.Unlock()
 	m.crashPoint("snapshot-delete.committed")
-	return m.collect(ctx, m.poolPaths(rec.Chain))
+	return true, m.collect(ctx, m.poolPaths(rec.Chain))
 }

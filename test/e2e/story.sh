@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The user story on the running e2e cluster, with kubectl only:
 #   PVC (ext4) -> pod writes data -> VolumeSnapshot -> PVC from the snapshot ->
-#   pod verifies; a PVC cloned from the PVC -> pod verifies; online expansion
-#   of an xfs PVC seen in the pod; a block-mode PVC used by a pod; deleting
-#   everything leaves no image, loop device or mount.
+#   pod verifies; a PVC cloned from the PVC -> pod verifies; deleting a
+#   VolumeSnapshot gives its space back (merged online, the pod still
+#   running); online expansion of an xfs PVC seen in the pod; a block-mode
+#   PVC used by a pod; deleting everything leaves no image, loop device or
+#   mount.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -66,6 +68,48 @@ YAML
 
 in_pod() { kc exec -n "$NS" "$1" -- /bin/sh -c "$2"; }
 
+volumesnapshot() { # NAME PVC: take a VolumeSnapshot and wait until it is ready
+	kc apply -n "$NS" -f - <<YAML
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: $1}
+spec:
+  volumeSnapshotClassName: ploop
+  source: {persistentVolumeClaimName: $2}
+YAML
+	kc wait -n "$NS" --for=jsonpath='{.status.readyToUse}'=true "volumesnapshot/$1" --timeout=180s
+}
+
+# What the node's storage root stores for all delta files (bytes, st_blocks).
+root_usage() { du -s -B1 "$DRIVER_ROOT/deltas" | cut -f1; }
+delta_count() { find "$DRIVER_ROOT/deltas" -type f | wc -l; }
+
+# A snapshot whose data the pod has overwritten since holds 64 MiB of its
+# own; deleting it merges its delta into the volume's top while the pod
+# keeps the volume mounted, and the node's storage root shrinks by that.
+snapshot_space_returned() {
+	in_pod writer 'dd if=/dev/urandom of=/data/big bs=1M count=64 conv=fsync 2>/dev/null'
+	volumesnapshot snap2 data
+	in_pod writer 'dd if=/dev/urandom of=/data/big bs=1M count=64 conv=notrunc,fsync 2>/dev/null'
+	local content before files_before
+	content=$(kc get -n "$NS" volumesnapshot snap2 -o jsonpath='{.status.boundVolumeSnapshotContentName}')
+	before=$(root_usage) files_before=$(delta_count)
+	kc delete -n "$NS" volumesnapshot snap2 --wait=true --timeout=180s
+	wait_for 180 "VolumeSnapshotContent $content gone" content_gone "$content"
+	# DeleteSnapshot returns once the merge is done; a merge put off (the
+	# volume was busy) is retried within seconds.
+	wait_for 120 "the snapshot's 64 MiB given back" space_returned "$before" $((48 << 20)) || {
+		log "storage root: $before bytes before, $(root_usage) after"
+		die "deleting VolumeSnapshot snap2 gave no space back"
+	}
+	local after
+	after=$(root_usage)
+	log "story: deleting VolumeSnapshot snap2 gave back $(((before - after) >> 20)) MiB: storage root deltas $((before >> 20)) MiB in $files_before files -> $((after >> 20)) MiB in $(delta_count) files"
+	in_pod writer 'cat /data/hello && md5sum -c /data/blob.md5 && test "$(stat -c %s /data/big)" = 67108864'
+}
+space_returned() { (($1 - $(root_usage) >= $2)); }
+content_gone() { ! kc get volumesnapshotcontent "$1"; }
+
 run_story() {
 	local t0=$SECONDS
 	kc create namespace "$NS"
@@ -76,15 +120,7 @@ run_story() {
 	in_pod writer 'cat /data/hello; md5sum -c /data/blob.md5; mount | grep " /data "'
 
 	step "VolumeSnapshot of the PVC (pod still writing)"
-	kc apply -n "$NS" -f - <<YAML
-apiVersion: snapshot.storage.k8s.io/v1
-kind: VolumeSnapshot
-metadata: {name: snap}
-spec:
-  volumeSnapshotClassName: ploop
-  source: {persistentVolumeClaimName: data}
-YAML
-	kc wait -n "$NS" --for=jsonpath='{.status.readyToUse}'=true volumesnapshot/snap --timeout=180s
+	volumesnapshot snap data
 	in_pod writer 'echo after-snapshot > /data/hello && sync'
 
 	step "PVC from the snapshot; a pod verifies the data"
@@ -96,6 +132,9 @@ YAML
 	pvc clone ploop 1Gi Filesystem PersistentVolumeClaim data
 	pod reader-clone clone 'grep -qx after-snapshot /data/hello && md5sum -c /data/blob.md5'
 	in_pod reader-clone 'cat /data/hello; md5sum -c /data/blob.md5'
+
+	step "deleting a VolumeSnapshot gives its space back (pod still running)"
+	snapshot_space_returned
 
 	step "online expansion (xfs) seen inside the pod"
 	pvc grow ploop-xfs 1Gi

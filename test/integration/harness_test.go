@@ -79,6 +79,8 @@ type harness struct {
 	dataplane       bool
 	cgroup          *cgroup
 	dataplaneCgroup string
+	// args are extra flags of the driver (without a data plane).
+	args []string
 }
 
 // harnessOptions change newHarness's defaults.
@@ -91,6 +93,9 @@ type harnessOptions struct {
 	// first, then the driver with --dataplane-socket) in a cgroup of its
 	// own; else the driver starts the serving processes itself.
 	dataplane bool
+	// args are extra flags of the driver (e.g. --metrics-address); not
+	// with dataplane.
+	args []string
 }
 
 func newHarness(t *testing.T) *harness {
@@ -109,7 +114,7 @@ func newHarnessWith(t *testing.T, tmp string, o harnessOptions) *harness {
 		t: t, tmp: tmp, nodeID: cmp.Or(o.nodeID, nodeID), root: cmp.Or(o.root, filepath.Join(tmp, "root")),
 		runDir: filepath.Join(tmp, "run"), sock: filepath.Join(tmp, "csi.sock"), logPath: filepath.Join(tmp, "driver.log"),
 		published: map[string]string{}, staged: map[string]string{}, fuseConns: map[string]bool{},
-		dataplane: o.dataplane,
+		dataplane: o.dataplane, args: o.args,
 	}
 	t.Cleanup(h.removeCgroups) // 5. the cgroups, once their processes are gone
 	if h.dataplane {
@@ -137,8 +142,8 @@ func (h *harness) startDriver() {
 	if h.dataplane {
 		cmd = h.makeRun()
 	} else {
-		cmd = exec.Command(binary, "--endpoint", "unix://"+h.sock, "--root", h.root,
-			"--run-dir", h.runDir, "--node-id", h.nodeID, "-v", "2")
+		cmd = exec.Command(binary, append([]string{"--endpoint", "unix://" + h.sock, "--root", h.root,
+			"--run-dir", h.runDir, "--node-id", h.nodeID, "-v", "2"}, h.args...)...)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

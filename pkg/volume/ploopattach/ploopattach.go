@@ -11,6 +11,7 @@ import (
 	"fmt"
 
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
+	"github.com/csi-ploop/csi-ploop/pkg/image"
 	"github.com/csi-ploop/csi-ploop/pkg/volume"
 )
 
@@ -38,6 +39,9 @@ var errorMap = []struct{ from, to error }{
 	{attach.ErrLocked, volume.ErrBusy},
 	{attach.ErrAlreadyAttached, volume.ErrBusy},
 	{attach.ErrNotAttached, volume.ErrBusy},
+	// A merge runs on the volume (one at a time; snapshot and grow wait),
+	// or a merge was cancelled by a hand-over or detach: try again.
+	{attach.ErrMerging, volume.ErrBusy},
 	// The device is still mounted or open elsewhere: unmount it first.
 	{attach.ErrBusy, volume.ErrFailedPrecondition},
 	// A file the volume needs is missing.
@@ -95,4 +99,18 @@ func (a Attacher) Health(ctx context.Context, dir string) (string, error) {
 		return "", mapErr(err)
 	}
 	return st.Failure, nil
+}
+
+// Merge implements volume.Attacher: the volume's serving process merges
+// while I/O goes on. A serving process that predates merges answers
+// errors.ErrUnsupported (unchanged: the domain puts the merge off until the
+// volume is attached anew).
+func (a Attacher) Merge(ctx context.Context, dir string, req volume.MergeRequest) (volume.MergeResult, error) {
+	res, err := a.c.Merge(ctx, dir, attach.MergeRequest{Parent: req.Parent, Child: req.Child,
+		Direction: image.MergeDirection(req.Direction)})
+	if err != nil {
+		return volume.MergeResult{}, mapErr(err)
+	}
+	return volume.MergeResult{Direction: volume.MergeDirection(res.Direction), Kept: res.Kept, Dropped: res.Dropped,
+		BytesCopied: res.BytesCopied, Duration: res.Duration, Pause: res.Pause}, nil
 }

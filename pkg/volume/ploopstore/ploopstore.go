@@ -75,3 +75,46 @@ func (Store) GrowDir(_ context.Context, dir string, size int64) error {
 func (Store) AllocatedBytes(_ context.Context, path string) (int64, error) {
 	return image.AllocatedBytes(path)
 }
+
+// pairOpts: the domain layer has already decided, from every volume
+// descriptor and snapshot record, that the pair may be merged, so the
+// store's own sharing test (deltas outside the image dir count as shared:
+// pool deltas always are) must not veto it.
+func pairOpts(req volume.MergeRequest) image.PairMergeOptions {
+	return image.PairMergeOptions{
+		Direction: image.MergeDirection(req.Direction),
+		Shared:    func(string) (bool, error) { return false, nil },
+	}
+}
+
+func result(st image.MergeStats) volume.MergeResult {
+	return volume.MergeResult{Direction: volume.MergeDirection(st.Direction), Kept: st.Kept, Dropped: st.Dropped,
+		BytesCopied: st.BytesCopied, Duration: st.Duration, Pause: st.Pause}
+}
+
+// MergeDir implements volume.ImageStore.
+func (Store) MergeDir(ctx context.Context, dir string, req volume.MergeRequest) (volume.MergeResult, error) {
+	st, err := image.MergeDirPair(ctx, dir, req.Parent, req.Child, pairOpts(req))
+	return result(st), mapMergeErr(err)
+}
+
+// MergeDeltas implements volume.ImageStore.
+func (Store) MergeDeltas(ctx context.Context, req volume.MergeRequest) (volume.MergeResult, error) {
+	st, err := image.MergeDeltaFiles(ctx, req.Parent, req.Child, pairOpts(req))
+	return result(st), mapMergeErr(err)
+}
+
+// mapMergeErr: a pair no longer in the chain is the domain's NotFound (its
+// plan is stale); a shared delta is a precondition the plan got wrong;
+// context errors stay as they are (the domain tells them apart itself).
+func mapMergeErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, image.ErrNotFound):
+		return fmt.Errorf("%w: %w", volume.ErrNotFound, err)
+	case errors.Is(err, image.ErrShared):
+		return fmt.Errorf("%w: %w", volume.ErrFailedPrecondition, err)
+	}
+	return mapErr(err)
+}
