@@ -62,10 +62,23 @@ func cleanup(ctx context.Context, base, dir string, log *slog.Logger) error {
 	if busy != nil && !errors.Is(busy, ErrBusy) {
 		return busy
 	}
-	if err := os.RemoveAll(rt); err != nil {
+	if err := removeRuntimeDir(rt, dir, log); err != nil {
 		return errors.Join(fmt.Errorf("attach: cleanup: %w", err), busy)
 	}
 	return busy
+}
+
+// removeRuntimeDir removes the runtime directory of a dead server, except
+// for the image's pending-allocation journal while the image exists: the
+// writes the dead server acknowledged live in the page cache and in that
+// journal until the next server of the image replays it (a journal that
+// turns out stale, from another boot or for another top, is ignored then).
+func removeRuntimeDir(rt, dir string, log *slog.Logger) error {
+	if _, err := os.Stat(filepath.Join(rt, journalName)); err != nil || !image.IsImageDir(dir) {
+		return os.RemoveAll(rt)
+	}
+	log.Info("keeping the pending-allocation journal of a dead server for the next attach", "dir", dir)
+	return removeAllBut(rt, journalName)
 }
 
 // probeDead makes sure no process serves dir: the socket does not answer
