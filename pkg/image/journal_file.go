@@ -40,7 +40,9 @@ func OpenPendingJournal(path string, entries int, log *slog.Logger) (*PendingJou
 		return nil, fmt.Errorf("open journal: %w", err)
 	}
 	size := max(st.Size(), want) // a larger one may hold more entries: keep them
-	if size != st.Size() {
+	// Reserved up front: where /run is not tmpfs, a store into a hole of
+	// the mapping would allocate blocks in the page fault.
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil && size != st.Size() {
 		if err := f.Truncate(size); err != nil {
 			return nil, fmt.Errorf("open journal: %w", err)
 		}
