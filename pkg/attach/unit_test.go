@@ -281,3 +281,38 @@ func TestBinaryIDIsTheGoBuildID(t *testing.T) {
 		t.Fatalf("/bin/sh: %q", other)
 	}
 }
+
+// TestCleanupKeepsTheJournalOfAnExistingImage: the runtime directory of a
+// dead server goes, except for the pending-allocation journal while its
+// image exists (the next attach replays it); without the image, all goes.
+func TestCleanupKeepsTheJournalOfAnExistingImage(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	for _, exists := range []bool{true, false} {
+		dir, rt := filepath.Join(t.TempDir(), "img"), t.TempDir()
+		if exists {
+			if err := image.Create(dir, 1<<20, image.CreateOptions{ClusterSize: 64 << 10}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, name := range []string{journalName, logName, socketName} {
+			if err := os.WriteFile(filepath.Join(rt, name), []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := removeRuntimeDir(rt, dir, log); err != nil {
+			t.Fatal(err)
+		}
+		entries, _ := os.ReadDir(rt)
+		var left []string
+		for _, e := range entries {
+			left = append(left, e.Name())
+		}
+		want := []string(nil)
+		if exists {
+			want = []string{journalName}
+		}
+		if fmt.Sprint(left) != fmt.Sprint(want) {
+			t.Errorf("image exists %v: left %v, want %v", exists, left, want)
+		}
+	}
+}
