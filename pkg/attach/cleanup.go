@@ -1,6 +1,7 @@
 package attach
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -113,4 +114,31 @@ func imageLocked(dir string) (bool, error) {
 		return false, fmt.Errorf("attach: %w", err)
 	}
 	return locked, nil
+}
+
+// ReplayJournal applies the pending-allocation journal that a dead serving
+// process of image directory dir left in its runtime directory under
+// runDir ("" = DefaultRunDir) to the closed image. Offline operations
+// (snapshot, grow) call it first: their recovery of the dirty top would
+// otherwise reclaim the clusters of writes that process acknowledged. No
+// journal: nothing to do; an image a server holds: nothing to do either
+// (that server replayed it when it opened the image).
+func ReplayJournal(runDir, dir string, log *slog.Logger) error {
+	abs, err := absDir(dir)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(runtimeDir(cmp.Or(runDir, DefaultRunDir), abs), journalName)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	j, err := image.OpenPendingJournal(path, 0, log)
+	if err != nil {
+		return fmt.Errorf("attach: %w", err)
+	}
+	defer j.Close()
+	if err := image.ReplayJournalDir(abs, j); err != nil && !errors.Is(err, image.ErrBusy) {
+		return fmt.Errorf("attach: replay the pending-allocation journal of %s: %w", abs, err)
+	}
+	return nil
 }

@@ -145,14 +145,58 @@ func readDirect(dev string) error {
 // server acknowledged, never flushed, survive a kill -9 of a standalone
 // server: Attach cleans up after it but keeps the image's journal, and the
 // new server replays it (before it, the dirty-top recovery reclaimed
-// those clusters and the writes read back as zeros).
+// those clusters and the writes read back as zeros). So does an offline
+// snapshot or grow in between (attach.SnapshotDir, GrowDir: they replay
+// the journal before their own recovery of the top).
 func TestKilledServerKeepsAcknowledgedWrites(t *testing.T) {
-	f := newFixture(t, 256<<20)
+	for _, between := range []string{"nothing", "offline snapshot", "offline grow"} {
+		t.Run(between, func(t *testing.T) {
+			f := newFixture(t, 256<<20)
+			blocks := writeAndKill(t, f)
+			ctx := f.ctx()
+			switch between {
+			case "offline snapshot":
+				if err := f.c.Cleanup(ctx, f.dir); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := attach.SnapshotDir(ctx, f.dir, theSuite.runDir, image.SnapshotOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			case "offline grow":
+				if err := f.c.Cleanup(ctx, f.dir); err != nil {
+					t.Fatal(err)
+				}
+				if err := attach.GrowDir(ctx, f.dir, theSuite.runDir, 512<<20); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dev := f.attach() // cleans up after the dead server first
+			withDirect(t, dev, unix.O_RDONLY, func(fd int, buf []byte) {
+				lost := 0
+				for off, want := range blocks {
+					if _, err := unix.Pread(fd, buf[:4096], off); err != nil {
+						t.Fatalf("read at %d: %v", off, err)
+					}
+					if !bytes.Equal(buf[:4096], want) {
+						lost++
+					}
+				}
+				if lost > 0 {
+					t.Fatalf("%d of %d acknowledged writes lost with the killed server", lost, len(blocks))
+				}
+			})
+		})
+	}
+}
+
+// writeAndKill attaches f, writes 4 KiB blocks into fresh clusters with
+// O_DIRECT and no flush, and kills the server; it returns what it wrote.
+func writeAndKill(t *testing.T, f *fixture) map[int64][]byte {
+	t.Helper()
 	dev := f.attach()
-	const n = 32
 	blocks := make(map[int64][]byte)
 	withDirect(t, dev, unix.O_RDWR, func(fd int, buf []byte) {
-		for i := range int64(n) {
+		for i := range int64(32) {
 			off := i*(5<<20) + 4096 // a new cluster each (1 MiB clusters)
 			copy(buf, randomBytes(4096, uint64(i)+1))
 			if _, err := unix.Pwrite(fd, buf[:4096], off); err != nil {
@@ -166,21 +210,7 @@ func TestKilledServerKeepsAcknowledgedWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGone(t, pid)
-	dev = f.attach() // cleans up after the dead server first
-	withDirect(t, dev, unix.O_RDONLY, func(fd int, buf []byte) {
-		lost := 0
-		for off, want := range blocks {
-			if _, err := unix.Pread(fd, buf[:4096], off); err != nil {
-				t.Fatalf("read at %d: %v", off, err)
-			}
-			if !bytes.Equal(buf[:4096], want) {
-				lost++
-			}
-		}
-		if lost > 0 {
-			t.Fatalf("%d of %d acknowledged writes lost with the killed server", lost, n)
-		}
-	})
+	return blocks
 }
 
 // withDirect opens dev with O_DIRECT and flags and hands fn an aligned

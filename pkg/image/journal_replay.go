@@ -118,3 +118,27 @@ func (c *Chain) bindJournal(j *PendingJournal) {
 	j.reset(id, c.cs)
 	c.journal = j
 }
+
+// ReplayJournalDir applies j (see OpenOptions.Journal) to the top of the
+// image directory dir, which no process may have open for writing (the
+// image lock; ErrBusy otherwise): what an offline operation (SnapshotDir,
+// GrowDir, Check with repair) needs first after a serving process died,
+// or it reclaims the clusters of the writes that process acknowledged.
+// j is left empty.
+func ReplayJournalDir(dir string, j *PendingJournal) error {
+	fsys := NewOSFS(false)
+	img := &Image{Dir: dir, fs: fsys}
+	if err := img.takeLock(); err != nil {
+		return err
+	}
+	defer img.unlock()
+	desc, err := readDescriptor(fsys, dir)
+	if err != nil {
+		return err
+	}
+	files, err := desc.ChainFiles(dir)
+	if err != nil {
+		return err
+	}
+	return replayJournal(fsys, files[len(files)-1], j)
+}
