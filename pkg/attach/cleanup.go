@@ -70,13 +70,18 @@ func cleanup(ctx context.Context, base, dir string, log *slog.Logger) error {
 }
 
 // removeRuntimeDir removes the runtime directory of a dead server, except
-// for the image's pending-allocation journal while the image exists: the
-// writes the dead server acknowledged live in the page cache and in that
-// journal until the next server of the image replays it (a journal that
-// turns out stale, from another boot or for another top, is ignored then).
+// for the image's pending-allocation journal while the image exists and
+// the journal holds entries: the writes the dead server acknowledged live
+// in the page cache and in that journal until the next server of the image
+// (or an offline operation, ReplayJournal) replays it. A journal that turns
+// out stale, from another boot or for another top, is ignored then.
 func removeRuntimeDir(rt, dir string, log *slog.Logger) error {
-	if _, err := os.Stat(filepath.Join(rt, journalName)); err != nil || !image.IsImageDir(dir) {
+	b, err := os.ReadFile(filepath.Join(rt, journalName))
+	if err != nil || !image.IsImageDir(dir) {
 		return os.RemoveAll(rt)
+	}
+	if h, _, err := image.DecodeJournal(b); err != nil || h.Count == 0 {
+		return os.RemoveAll(rt) // nothing to replay
 	}
 	log.Info("keeping the pending-allocation journal of a dead server for the next attach", "dir", dir)
 	return removeAllBut(rt, journalName)

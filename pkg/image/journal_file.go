@@ -39,10 +39,10 @@ func OpenPendingJournal(path string, entries int, log *slog.Logger) (*PendingJou
 	if err != nil {
 		return nil, fmt.Errorf("open journal: %w", err)
 	}
+	// Sparse: only the pages entries reach use memory (or, where /run is
+	// not tmpfs, disk), so a journal left behind costs little.
 	size := max(st.Size(), want) // a larger one may hold more entries: keep them
-	// Reserved up front: where /run is not tmpfs, a store into a hole of
-	// the mapping would allocate blocks in the page fault.
-	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil && size != st.Size() {
+	if size != st.Size() {
 		if err := f.Truncate(size); err != nil {
 			return nil, fmt.Errorf("open journal: %w", err)
 		}
