@@ -149,7 +149,7 @@ func readDirect(dev string) error {
 // snapshot or grow in between (attach.SnapshotDir, GrowDir: they replay
 // the journal before their own recovery of the top).
 func TestKilledServerKeepsAcknowledgedWrites(t *testing.T) {
-	for _, between := range []string{"nothing", "offline snapshot", "offline grow"} {
+	for _, between := range []string{"nothing", "offline snapshot", "offline grow", "check --repair"} {
 		t.Run(between, func(t *testing.T) {
 			f := newFixture(t, 256<<20)
 			blocks := writeAndKill(t, f)
@@ -169,6 +169,11 @@ func TestKilledServerKeepsAcknowledgedWrites(t *testing.T) {
 				if err := attach.GrowDir(ctx, f.dir, theSuite.runDir, 512<<20); err != nil {
 					t.Fatal(err)
 				}
+			case "check --repair":
+				if err := f.c.Cleanup(ctx, f.dir); err != nil {
+					t.Fatal(err)
+				}
+				run(t, theSuite.binary, "image", "check", "--repair", "--run-dir", theSuite.runDir, f.dir)
 			}
 			dev := f.attach() // cleans up after the dead server first
 			withDirect(t, dev, unix.O_RDONLY, func(fd int, buf []byte) {
