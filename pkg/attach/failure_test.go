@@ -149,9 +149,16 @@ func readDirect(dev string) error {
 // snapshot or grow in between (attach.SnapshotDir, GrowDir: they replay
 // the journal before their own recovery of the top).
 func TestKilledServerKeepsAcknowledgedWrites(t *testing.T) {
-	for _, between := range []string{"nothing", "offline snapshot", "offline grow", "check --repair"} {
+	for _, between := range []string{"nothing", "offline snapshot", "offline grow", "check --repair", "merge"} {
 		t.Run(between, func(t *testing.T) {
 			f := newFixture(t, 256<<20)
+			var guid string
+			if between == "merge" { // the writes go to the delta above a snapshot
+				var err error
+				if guid, err = image.SnapshotDir(f.dir, image.SnapshotOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			blocks := writeAndKill(t, f)
 			ctx := f.ctx()
 			switch between {
@@ -174,6 +181,11 @@ func TestKilledServerKeepsAcknowledgedWrites(t *testing.T) {
 					t.Fatal(err)
 				}
 				run(t, theSuite.binary, "image", "check", "--repair", "--run-dir", theSuite.runDir, f.dir)
+			case "merge":
+				if err := f.c.Cleanup(ctx, f.dir); err != nil {
+					t.Fatal(err)
+				}
+				run(t, theSuite.binary, "image", "merge", "--run-dir", theSuite.runDir, f.dir, guid)
 			}
 			dev := f.attach() // cleans up after the dead server first
 			withDirect(t, dev, unix.O_RDONLY, func(fd int, buf []byte) {

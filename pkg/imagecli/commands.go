@@ -59,7 +59,7 @@ snapshot's GUID, and nothing else, on stdout.`}
 
 func runMerge(ctx context.Context, args []string, stdio IO) int {
 	e := env{name: "merge", stdio: stdio}
-	u := usage{synopsis: "merge [--assume-unshared] DIR GUID", nargs: 2, text: `
+	u := usage{synopsis: "merge [--assume-unshared] [--run-dir DIR] DIR GUID", nargs: 2, text: `
 Delete snapshot GUID of the (not attached) image directory DIR: the delta
 above it is merged down into it. The image's content does not change. GUID may
 be given with or without braces; 'snapshots DIR' lists them.
@@ -68,9 +68,14 @@ A delta that another image reads (the base of a restore or a clone) must not
 change, so delta files outside DIR are taken as shared and the merge is
 refused when it would write to or delete one; deltas inside DIR are taken as
 this image's own. --assume-unshared merges anyway: check first that no other
-image's DiskDescriptor.xml names those files.`}
+image's DiskDescriptor.xml names those files.
+
+Writes a serving process of DIR acknowledged before it died are applied first
+(its pending-allocation journal, in the image's runtime directory under
+--run-dir).`}
 	fs := newFlags(e.name)
 	unshared := fs.Bool("assume-unshared", false, "treat delta files outside DIR as used by this image only")
+	runDir := runDirFlag(fs)
 	pos, code, ok := e.parse(fs, u, args)
 	if !ok {
 		return code
@@ -80,6 +85,9 @@ image's DiskDescriptor.xml names those files.`}
 		return e.usageError(fs, u, err.Error())
 	}
 	if err := needDir(pos[0], "merge"); err != nil {
+		return e.fail(err)
+	}
+	if err := attach.ReplayJournal(*runDir, pos[0], nil); err != nil {
 		return e.fail(err)
 	}
 	var opts image.MergeOptions // default: outside DIR = shared
