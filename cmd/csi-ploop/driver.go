@@ -94,7 +94,7 @@ func runDriver(ctx context.Context, args []string) int {
 	}
 	mgr, err := volume.Open(ctx, volume.Options{
 		Root:      cfg.driver.Root,
-		Store:     ploopstore.New(),
+		Store:     ploopstore.New(cfg.runDir),
 		Attacher:  ploopattach.New(attach.NewClient(opts)),
 		Mounter:   volume.NewMounter(),
 		SkipSweep: cfg.driver.Mode == driver.ModeNode,

@@ -12,7 +12,9 @@
 //
 // Every serving process keeps its state in a runtime directory
 // RunDir/<sha256(abs image dir)[:16]>/: the control socket, the FUSE mount
-// point and the log of a detached server. A runtime directory whose socket
+// point, the log of a detached server and the pending-allocation journal
+// of the image (kept by a cleanup while the image exists: the next server
+// replays it; see openImage). A runtime directory whose socket
 // does not answer while the image lock is free is stale (the server died);
 // Cleanup removes it together with its loop device and FUSE mount.
 package attach
@@ -46,6 +48,10 @@ const (
 	socketName = "ctl.sock"
 	mountName  = "mnt"
 	logName    = "serve.log"
+	// journalName is the image's pending-allocation journal
+	// (image.PendingJournal): it outlives a serving process that dies, so
+	// that the next one keeps the writes that process acknowledged.
+	journalName = "pending-alloc"
 )
 
 // Sentinel errors.

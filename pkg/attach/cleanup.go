@@ -1,6 +1,7 @@
 package attach
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -62,10 +63,28 @@ func cleanup(ctx context.Context, base, dir string, log *slog.Logger) error {
 	if busy != nil && !errors.Is(busy, ErrBusy) {
 		return busy
 	}
-	if err := os.RemoveAll(rt); err != nil {
+	if err := removeRuntimeDir(rt, dir, log); err != nil {
 		return errors.Join(fmt.Errorf("attach: cleanup: %w", err), busy)
 	}
 	return busy
+}
+
+// removeRuntimeDir removes the runtime directory of a dead server, except
+// for the image's pending-allocation journal while the image exists and
+// the journal holds entries: the writes the dead server acknowledged live
+// in the page cache and in that journal until the next server of the image
+// (or an offline operation, ReplayJournal) replays it. A journal that turns
+// out stale, from another boot or for another top, is ignored then.
+func removeRuntimeDir(rt, dir string, log *slog.Logger) error {
+	b, err := os.ReadFile(filepath.Join(rt, journalName))
+	if err != nil || !image.IsImageDir(dir) {
+		return os.RemoveAll(rt)
+	}
+	if h, _, err := image.DecodeJournal(b); err != nil || h.Count == 0 {
+		return os.RemoveAll(rt) // nothing to replay
+	}
+	log.Info("keeping the pending-allocation journal of a dead server for the next attach", "dir", dir)
+	return removeAllBut(rt, journalName)
 }
 
 // probeDead makes sure no process serves dir: the socket does not answer
@@ -100,4 +119,31 @@ func imageLocked(dir string) (bool, error) {
 		return false, fmt.Errorf("attach: %w", err)
 	}
 	return locked, nil
+}
+
+// ReplayJournal applies the pending-allocation journal that a dead serving
+// process of image directory dir left in its runtime directory under
+// runDir ("" = DefaultRunDir) to the closed image. Offline operations
+// (snapshot, grow) call it first: their recovery of the dirty top would
+// otherwise reclaim the clusters of writes that process acknowledged. No
+// journal: nothing to do; an image a server holds: nothing to do either
+// (that server replayed it when it opened the image).
+func ReplayJournal(runDir, dir string, log *slog.Logger) error {
+	abs, err := absDir(dir)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(runtimeDir(cmp.Or(runDir, DefaultRunDir), abs), journalName)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	j, err := image.OpenPendingJournal(path, 0, log)
+	if err != nil {
+		return fmt.Errorf("attach: %w", err)
+	}
+	defer j.Close()
+	if err := image.ReplayJournalDir(abs, j); err != nil && !errors.Is(err, image.ErrBusy) {
+		return fmt.Errorf("attach: replay the pending-allocation journal of %s: %w", abs, err)
+	}
+	return nil
 }

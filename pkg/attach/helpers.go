@@ -41,6 +41,9 @@ func Cleanup(ctx context.Context, dir string) error {
 // image.SnapshotDir, or, when the image is busy, online through its serving
 // process (runDir "" = DefaultRunDir). For "csi-ploop image snapshot".
 func SnapshotDir(ctx context.Context, dir, runDir string, opts image.SnapshotOptions) (string, error) {
+	if err := ReplayJournal(runDir, dir, nil); err != nil {
+		return "", err
+	}
 	guid, err := image.SnapshotDir(dir, opts)
 	if !errors.Is(err, image.ErrBusy) {
 		return guid, err
@@ -55,6 +58,9 @@ func SnapshotDir(ctx context.Context, dir, runDir string, opts image.SnapshotOpt
 // GrowDir grows dir whether or not it is attached (see SnapshotDir). An
 // attached image's loop device grows too; its filesystem does not.
 func GrowDir(ctx context.Context, dir, runDir string, size int64) error {
+	if err := ReplayJournal(runDir, dir, nil); err != nil {
+		return err
+	}
 	err := image.GrowDir(dir, size)
 	if !errors.Is(err, image.ErrBusy) {
 		return err

@@ -97,7 +97,7 @@ func adopt(ctx context.Context, dir string, opts ServeOptions, kf KeepFiles, st 
 	if err != nil {
 		return nil, err
 	}
-	img, err := openImage(dir)
+	img, err := openImage(dir, runtimeDir(opts.RunDir, dir), opts.Logger.With("dir", dir))
 	if err != nil {
 		return nil, err
 	}

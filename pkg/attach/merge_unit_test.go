@@ -26,12 +26,13 @@ func servedImage(t *testing.T) (*server, []string) {
 			t.Fatal(err)
 		}
 	}
-	img, err := openImage(dir)
+	opts := ServeOptions{RunDir: t.TempDir()}.withDefaults()
+	img, err := openImage(dir, runtimeDir(opts.RunDir, dir), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { img.Close() })
-	s := newServer(dir, ServeOptions{RunDir: t.TempDir()}.withDefaults(), img)
+	s := newServer(dir, opts, img)
 	return s, img.Chain().Deltas()
 }
 

@@ -138,6 +138,12 @@ func MergeDir(ctx context.Context, dir, runDir string, req MergeRequest, shared 
 			return MergeResult{}, false, fmt.Errorf("%w: %s would be changed or dropped by the merge, but another chain references it", image.ErrShared, p)
 		}
 	}
+	// Offline, the merge may open the top for writing, whose recovery would
+	// reclaim the clusters of writes a dead server acknowledged: replay its
+	// journal first (a no-op when a live server holds the image).
+	if err := ReplayJournal(runDir, abs, nil); err != nil {
+		return MergeResult{}, false, err
+	}
 	st, err := image.MergeDirPair(ctx, abs, req.Parent, req.Child, image.PairMergeOptions{
 		Direction: req.Direction, Progress: req.Progress, Shared: shared})
 	if !errors.Is(err, image.ErrBusy) {

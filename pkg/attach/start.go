@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,7 +21,7 @@ import (
 // start locks the image, mounts it, attaches the loop device and listens.
 // On error everything done so far is undone.
 func start(ctx context.Context, dir string, opts ServeOptions) (_ *server, err error) {
-	img, err := openImage(dir)
+	img, err := openImage(dir, runtimeDir(opts.RunDir, dir), opts.Logger.With("dir", dir))
 	if err != nil {
 		return nil, err
 	}
@@ -52,11 +53,20 @@ func start(ctx context.Context, dir string, opts ServeOptions) (_ *server, err e
 	return s, nil
 }
 
-// openImage opens and locks the image directory dir (after a crash of its
-// last server the top's recovery runs here). Locked by another process:
-// ErrAlreadyAttached.
-func openImage(dir string) (*image.Image, error) {
-	img, err := image.OpenDir(dir, image.OpenOptions{})
+// openImage opens and locks the image directory dir, with the image's
+// pending-allocation journal in runtime directory rt: after a crash of the
+// last server, the allocations it acknowledged but had not committed are
+// replayed from there, then the top's recovery runs. Locked by another
+// process: ErrAlreadyAttached.
+func openImage(dir, rt string, log *slog.Logger) (*image.Image, error) {
+	if err := os.MkdirAll(rt, 0o700); err != nil {
+		return nil, fmt.Errorf("attach: runtime dir: %w", err)
+	}
+	j, err := image.OpenPendingJournal(filepath.Join(rt, journalName), 0, log)
+	if err != nil {
+		return nil, fmt.Errorf("attach: %w", err)
+	}
+	img, err := image.OpenDir(dir, image.OpenOptions{Journal: j})
 	if errors.Is(err, image.ErrBusy) {
 		return nil, fmt.Errorf("%w: %s: %w", ErrAlreadyAttached, dir, err)
 	}

@@ -3,6 +3,7 @@ package attach
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -280,4 +281,64 @@ func TestBinaryIDIsTheGoBuildID(t *testing.T) {
 	if other := computeBinaryID("/bin/sh"); other == id || other == "unknown" {
 		t.Fatalf("/bin/sh: %q", other)
 	}
+}
+
+// TestCleanupKeepsTheJournalOfAnExistingImage: the runtime directory of a
+// dead server goes, except for a pending-allocation journal that holds
+// entries while its image exists (the next attach replays it); without
+// the image, or with an empty journal, all goes.
+func TestCleanupKeepsTheJournalOfAnExistingImage(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	for _, c := range []struct {
+		image   bool
+		entries uint32
+		kept    bool
+	}{{true, 1, true}, {false, 1, false}, {true, 0, false}} {
+		dir, rt := filepath.Join(t.TempDir(), "img"), t.TempDir()
+		if c.image {
+			if err := image.Create(dir, 1<<20, image.CreateOptions{ClusterSize: 64 << 10}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(rt, journalName), journalBytes(c.entries), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{logName, socketName} {
+			if err := os.WriteFile(filepath.Join(rt, name), []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := removeRuntimeDir(rt, dir, log); err != nil {
+			t.Fatal(err)
+		}
+		entries, _ := os.ReadDir(rt)
+		var left []string
+		for _, e := range entries {
+			left = append(left, e.Name())
+		}
+		want := []string(nil)
+		if c.kept {
+			want = []string{journalName}
+		}
+		if fmt.Sprint(left) != fmt.Sprint(want) {
+			t.Errorf("%+v: left %v, want %v", c, left, want)
+		}
+	}
+}
+
+// journalBytes is a journal (pkg/image's layout) with n entries.
+func journalBytes(n uint32) []byte {
+	b := make([]byte, 128+12*4)
+	copy(b, "PLOOPPAJ")
+	le := binary.LittleEndian
+	le.PutUint32(b[8:], 1)
+	le.PutUint32(b[12:], 12)
+	le.PutUint32(b[16:], 4)
+	le.PutUint64(b[64:], 64<<10)
+	le.PutUint32(b[72:], n)
+	for i := range n {
+		le.PutUint32(b[128+12*i:], i)
+		le.PutUint32(b[132+12*i:], 1+i)
+	}
+	return b
 }

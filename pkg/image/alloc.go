@@ -23,8 +23,7 @@ func (c *Chain) allocateAndWrite(top *Delta, vc uint32, p []byte, inner int64, b
 		top.release(off)
 		return err
 	}
-	c.addPending(vc, location{level: len(c.deltas) - 1, entry: entry})
-	return nil
+	return c.addPending(vc, location{level: len(c.deltas) - 1, entry: entry})
 }
 
 // span is a byte range inside a cluster.

@@ -324,7 +324,10 @@ func TestRecoveryReclaimsLeakedClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after, _ := AllocatedBytes(path); after > before-4*cs {
+	// st_blocks counts ext4's extent tree too: the punch splits the file's
+	// extents and may cost one index block (4 KiB) when the file system
+	// laid it out in more pieces than the inode holds (a busy disk).
+	if after, _ := AllocatedBytes(path); after > before-4*cs+4096 {
 		t.Fatalf("allocated %d -> %d bytes: leaked clusters not punched", before, after)
 	}
 	for i := range 4 {

@@ -35,15 +35,20 @@ type Chain struct {
 	// stripes serialise allocation of the same virtual cluster.
 	stripes [256]sync.Mutex
 
-	pend  pendingBAT  // allocations the next commit writes to the BAT
-	group groupCommit // concurrent flushes share commits
-	bufs  sync.Pool   // *[]byte of one cluster, aligned for direct I/O (copy-up)
+	pend    pendingBAT      // allocations the next commit writes to the BAT
+	journal *PendingJournal // pend, outliving the process (journal.go); nil: none
+	group   groupCommit     // concurrent flushes share commits
+	bufs    sync.Pool       // *[]byte of one cluster, aligned for direct I/O (copy-up)
 }
 
 // ChainOptions configures OpenChain.
 type ChainOptions struct {
 	FS       FS   // nil: the real file system with direct I/O where possible
 	ReadOnly bool // open the top read-only too
+	// Journal, if set on a writable open, is replayed onto the top first
+	// and then records the chain's pending allocations (journal.go). The
+	// caller closes it after the chain.
+	Journal *PendingJournal
 }
 
 // OpenChain opens the delta files paths (bottom..top).
@@ -56,6 +61,11 @@ func OpenChain(paths []string, opts ChainOptions) (*Chain, error) {
 	}
 	c := &Chain{fs: opts.FS, readOnly: opts.ReadOnly}
 	c.pend.dirty = map[int64]struct{}{}
+	if opts.Journal != nil && !opts.ReadOnly {
+		if err := replayJournal(opts.FS, paths[len(paths)-1], opts.Journal); err != nil {
+			return nil, err
+		}
+	}
 	for i, p := range paths {
 		writable := i == len(paths)-1 && !opts.ReadOnly
 		d, err := openDelta(opts.FS, p, writable)
@@ -68,6 +78,9 @@ func OpenChain(paths []string, opts ChainOptions) (*Chain, error) {
 	if err := c.buildMap(); err != nil {
 		c.closeDeltas()
 		return nil, err
+	}
+	if opts.Journal != nil && !opts.ReadOnly {
+		c.bindJournal(opts.Journal)
 	}
 	return c, nil
 }
@@ -292,7 +305,9 @@ func (c *Chain) Err() error {
 // returns it.
 func (c *Chain) note(err error) error {
 	if errors.Is(err, ErrSyncFailed) {
-		c.failed.CompareAndSwap(nil, &err)
+		if c.failed.CompareAndSwap(nil, &err) && c.journal != nil {
+			c.journal.fail()
+		}
 	}
 	return err
 }
@@ -346,6 +361,9 @@ func (c *Chain) Close() error {
 	var err error
 	if !c.readOnly && c.Err() == nil {
 		err = c.commit()
+	}
+	if err == nil && c.journal != nil && c.Err() == nil {
+		c.journal.clear() // all in the BAT
 	}
 	return errors.Join(err, c.closeDeltas())
 }

@@ -101,6 +101,9 @@ func (c *Chain) snapshot(newTop string, record func() error) error {
 	}
 	old.writable = false
 	c.deltas = append(c.deltas, nd)
+	if c.journal != nil { // empty (the commit above): now for the new top
+		c.bindJournal(c.journal)
+	}
 	return nil
 }
 

@@ -34,12 +34,28 @@ type pendingBAT struct {
 
 func batPageOf(vc uint32) int64 { return (HeaderSize + 4*int64(vc)) / batPage }
 
-// addPending records vc's new top cluster, not yet in the on-disk BAT.
-func (c *Chain) addPending(vc uint32, loc location) {
-	c.pend.mu.Lock()
-	defer c.pend.mu.Unlock()
-	c.m.setPending(vc, loc, c.pend.epoch&1)
-	c.pend.dirty[batPageOf(vc)] = struct{}{}
+// addPending records vc's new top cluster, not yet in the on-disk BAT, in
+// the cluster map and in the journal (journal.go) with the same epoch. A
+// full journal makes it commit first (a commit empties the journal of what
+// it wrote). Callers hold c.mu (read) and vc's stripe.
+func (c *Chain) addPending(vc uint32, loc location) error {
+	for {
+		c.pend.mu.Lock()
+		parity := c.pend.epoch & 1
+		if c.journal == nil || c.journal.add(vc, loc.entry, parity) {
+			c.m.setPending(vc, loc, parity)
+			c.pend.dirty[batPageOf(vc)] = struct{}{}
+			c.pend.mu.Unlock()
+			return nil
+		}
+		c.pend.mu.Unlock()
+		if err := c.group.do(c.commit); err != nil {
+			return err
+		}
+		if err := c.Err(); err != nil { // a commit we shared failed
+			return err
+		}
+	}
 }
 
 // commit makes every write completed before it started durable, BAT
@@ -77,6 +93,9 @@ func (c *Chain) commit() error {
 		for vc := lo; vc < hi; vc++ {
 			c.m.clearPending(vc, parity)
 		}
+	}
+	if c.journal != nil {
+		c.journal.commit(parity)
 	}
 	return nil
 }
@@ -148,9 +167,7 @@ func (g *groupCommit) do(commit func() error) error {
 		g.running = true
 		g.started++
 		n := g.started
-		g.mu.Unlock()
-		err := commit()
-		g.mu.Lock()
+		err := g.unlocked(commit)
 		g.running = false
 		g.finished = n
 		g.cond.Broadcast()
@@ -159,4 +176,12 @@ func (g *groupCommit) do(commit func() error) error {
 		}
 	}
 	return nil
+}
+
+// unlocked runs commit without g.mu, which it takes back however commit
+// ends (a panic included: the deferred unlock in do must find it held).
+func (g *groupCommit) unlocked(commit func() error) error {
+	g.mu.Unlock()
+	defer g.mu.Lock()
+	return commit()
 }

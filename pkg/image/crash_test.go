@@ -42,9 +42,11 @@ func (m diskModel) write(off int64, p []byte) {
 }
 
 type crashStep struct {
-	name  string
-	do    func(img *Image) error
-	model func(m *diskModel)
+	durable bool        // everything before it is durable once it completes (it commits)
+	sub     []crashStep // the steps of a batch
+	name    string
+	do      func(img *Image) error
+	model   func(m *diskModel)
 }
 
 func pattern(seed byte, n int) []byte {
@@ -71,7 +73,7 @@ func discardStep(name string, off, n int64) crashStep {
 }
 
 func snapshotStep() crashStep {
-	return crashStep{name: "snapshot",
+	return crashStep{name: "snapshot", durable: true,
 		do: func(img *Image) error {
 			_, err := img.Snapshot(SnapshotOptions{})
 			return err
@@ -80,7 +82,7 @@ func snapshotStep() crashStep {
 }
 
 func growStep(size int64) crashStep {
-	return crashStep{name: fmt.Sprintf("grow to %d", size),
+	return crashStep{name: fmt.Sprintf("grow to %d", size), durable: true,
 		do:    func(img *Image) error { return img.Grow(size) },
 		model: func(m *diskModel) { m.size = size }}
 }
@@ -88,7 +90,7 @@ func growStep(size int64) crashStep {
 // batchStep runs several steps before the one flush that follows it: one
 // group commit makes all their allocations durable at once.
 func batchStep(name string, steps ...crashStep) crashStep {
-	return crashStep{name: name,
+	return crashStep{name: name, sub: steps,
 		do: func(img *Image) error {
 			for _, s := range steps {
 				if err := s.do(img); err != nil {
@@ -216,11 +218,17 @@ func crashAtEveryOperation(t *testing.T, wrap func(*memFS) FS) []error {
 // check, hold one of the allowed states, take a new allocating write, and
 // be clean (nothing leaked, no mark) after a close.
 func verifyAfterCrash(fsys *memFS, dir string, want []diskModel) error {
+	return verifyWithJournal(fsys, dir, want, nil)
+}
+
+// verifyWithJournal is verifyAfterCrash with the journal j (nil: none)
+// given to the open that recovers the image.
+func verifyWithJournal(fsys *memFS, dir string, want []diskModel, j *PendingJournal) error {
 	r, err := checkFS(fsys, dir, false)
 	if err != nil || !r.OK() {
 		return fmt.Errorf("check before open: %v %+v", err, r)
 	}
-	img, err := OpenDir(dir, OpenOptions{FS: fsys})
+	img, err := OpenDir(dir, OpenOptions{FS: fsys, Journal: j})
 	if err != nil {
 		return fmt.Errorf("open: %w", err)
 	}

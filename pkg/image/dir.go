@@ -107,11 +107,12 @@ func descriptorOnChain(fsys FS, dir string, base []string, size, clusterSize int
 
 // Image is an open image directory: its descriptor and chain.
 type Image struct {
-	Dir   string
-	fs    FS
-	desc  *Descriptor
-	chain *Chain
-	lock  *os.File
+	Dir     string
+	fs      FS
+	desc    *Descriptor
+	chain   *Chain
+	lock    *os.File
+	journal *PendingJournal // nil: none
 	// mu serialises the operations that rewrite the descriptor (Snapshot,
 	// Grow, Merge): each builds the next descriptor from the current one.
 	mu sync.Mutex
@@ -121,6 +122,10 @@ type Image struct {
 type OpenOptions struct {
 	ReadOnly bool
 	FS       FS // nil: the real file system with direct I/O
+	// Journal, on a writable open, is replayed onto the top before its
+	// crash recovery and then records pending allocations (journal.go).
+	// The image owns it from the call on: Close (or a failed open) closes it.
+	Journal *PendingJournal
 }
 
 // OpenDir opens the image directory's chain. A writable open takes an
@@ -129,22 +134,37 @@ func OpenDir(dir string, opts OpenOptions) (*Image, error) {
 	if opts.FS == nil {
 		opts.FS = NewOSFS(true)
 	}
-	img := &Image{Dir: dir, fs: opts.FS}
-	if !opts.ReadOnly {
-		if err := img.takeLock(); err != nil {
-			return nil, err
+	img := &Image{Dir: dir, fs: opts.FS, journal: opts.Journal}
+	if opts.ReadOnly {
+		img.journal = nil
+		if opts.Journal != nil {
+			opts.Journal.Close()
 		}
 	}
-	desc, err := readDescriptor(opts.FS, dir)
-	if err == nil {
-		img.desc = desc
-		img.chain, err = img.openChain(opts.ReadOnly)
-	}
+	err := img.open(opts.ReadOnly)
 	if err != nil {
 		img.unlock()
+		if img.journal != nil {
+			img.journal.Close()
+		}
 		return nil, err
 	}
 	return img, nil
+}
+
+func (img *Image) open(readOnly bool) error {
+	if !readOnly {
+		if err := img.takeLock(); err != nil {
+			return err
+		}
+	}
+	desc, err := readDescriptor(img.fs, img.Dir)
+	if err != nil {
+		return err
+	}
+	img.desc = desc
+	img.chain, err = img.openChain(readOnly)
+	return err
 }
 
 func (img *Image) openChain(readOnly bool) (*Chain, error) {
@@ -152,12 +172,20 @@ func (img *Image) openChain(readOnly bool) (*Chain, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !readOnly {
-		if err := recoverDirtyTop(img.fs, files[len(files)-1]); err != nil {
+	top := files[len(files)-1]
+	if !readOnly && img.journal != nil {
+		// Before the recovery below: it would punch the journal's
+		// clusters as leaked space.
+		if err := replayJournal(img.fs, top, img.journal); err != nil {
 			return nil, err
 		}
 	}
-	c, err := OpenChain(files, ChainOptions{FS: img.fs, ReadOnly: readOnly})
+	if !readOnly {
+		if err := recoverDirtyTop(img.fs, top); err != nil {
+			return nil, err
+		}
+	}
+	c, err := OpenChain(files, ChainOptions{FS: img.fs, ReadOnly: readOnly, Journal: img.journal})
 	if err != nil {
 		return nil, err
 	}
@@ -234,6 +262,10 @@ func (img *Image) Descriptor() *Descriptor { return img.desc }
 // Close closes the chain (clean shutdown) and releases the lock.
 func (img *Image) Close() error {
 	err := img.chain.Close()
+	if img.journal != nil {
+		err = errors.Join(err, img.journal.Close())
+		img.journal = nil
+	}
 	img.unlock()
 	return err
 }

@@ -362,3 +362,79 @@ func fuzzReads(t *testing.T, c *Chain, h Header, data []byte) {
 		}
 	}
 }
+
+// fuzzJournal returns a journal image for the top id with entries.
+func fuzzJournal(id FileIdentity, cs int64, entries ...JournalEntry) []byte {
+	j, err := NewMemoryJournal(make([]byte, journalHeaderSize+journalEntrySize*8), bootA)
+	if err != nil {
+		panic(err)
+	}
+	j.reset(id, cs)
+	for _, e := range entries {
+		j.add(e.VC, e.Entry, uint64(e.Parity))
+	}
+	return j.mem
+}
+
+// FuzzDecodeJournal decodes the journal, then replays it onto an image
+// with data in it (the journal's boot, top and cluster size set to match,
+// so that the entries are looked at): a journal, whatever it holds, never
+// fails the open nor makes the image fail its check.
+func FuzzDecodeJournal(f *testing.F) {
+	id := FileIdentity{Dev: 1, Ino: 1}
+	f.Add(fuzzJournal(id, crashCluster, JournalEntry{VC: 0, Entry: 2}, JournalEntry{VC: 5, Entry: 3, Parity: 1}))
+	f.Add(fuzzJournal(id, crashCluster, JournalEntry{VC: 1, Entry: 1}, JournalEntry{VC: 2, Entry: 1}, JournalEntry{VC: 1 << 30, Entry: 9}))
+	f.Add(fuzzJournal(id, crashCluster))
+	f.Add(make([]byte, journalHeaderSize))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, entries, err := DecodeJournal(b)
+		if err != nil {
+			if !errors.Is(err, ErrJournal) {
+				t.Fatalf("error does not wrap ErrJournal: %v", err)
+			}
+		} else if uint32(len(entries)) != h.Count || h.Count > h.Capacity {
+			t.Fatalf("%d entries decoded, header says %d of %d", len(entries), h.Count, h.Capacity)
+		}
+		if len(b) < journalHeaderSize+journalEntrySize || len(b) > 1<<16 {
+			return
+		}
+		fsys, dir := newMemFS(), t.TempDir()
+		if err := Create(dir, 64<<20, CreateOptions{ClusterSize: crashCluster, FS: fsys}); err != nil {
+			t.Fatal(err)
+		}
+		img, err := OpenDir(dir, OpenOptions{FS: fsys})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, off := range []int64{0, 3 * crashCluster, 7*crashCluster + 4096} {
+			if _, err := img.Chain().WriteAt(pattern(byte(off), 4096), off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		top, err := fsys.Open(filepath.Join(dir, RootDeltaFile), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tid, _ := top.(identified).Identity()
+		mem := bytes.Clone(b)
+		copy(mem[24:40], bootA[:])
+		binary.LittleEndian.PutUint64(mem[40:], tid.Dev)
+		binary.LittleEndian.PutUint64(mem[48:], tid.Ino)
+		binary.LittleEndian.PutUint64(mem[64:], crashCluster)
+		j, err := NewMemoryJournal(mem, bootA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		after := fsys.reboot(keepAll) // img's process died
+		img, err = OpenDir(dir, OpenOptions{FS: after, Journal: j})
+		if err != nil {
+			t.Fatalf("open with the journal: %v", err)
+		}
+		if err := img.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := checkFS(after, dir, false); err != nil || !r.Clean() {
+			t.Fatalf("after the replay: %v %+v", err, r)
+		}
+	})
+}

@@ -25,9 +25,16 @@ type memFS struct {
 	durable map[string]*memNode // names made durable by SyncDir
 	ops     int
 	limit   int // -1: never crash
+	// kill, if >= 0, is the operation count at which the process dies: the
+	// mutating operation panics with errKilled before taking effect, so no
+	// code of the dead process runs on (SIGKILL); the kernel, and with it
+	// every completed operation, lives on.
+	kill   int
+	nextID uint64 // inode numbers (Identity)
 }
 
 type memNode struct {
+	id      uint64
 	data    []byte
 	synced  []byte
 	pending []memWrite // unsynced writes and truncates since the last sync
@@ -39,10 +46,13 @@ type memWrite struct {
 	truncate int64 // >= 0: a truncate to this size
 }
 
-var errCrashed = errors.New("simulated crash: machine is down")
+var (
+	errCrashed = errors.New("simulated crash: machine is down")
+	errKilled  = errors.New("simulated process crash: SIGKILL")
+)
 
 func newMemFS() *memFS {
-	return &memFS{names: map[string]*memNode{}, durable: map[string]*memNode{}, limit: -1}
+	return &memFS{names: map[string]*memNode{}, durable: map[string]*memNode{}, limit: -1, kill: -1}
 }
 
 type crashModel int
@@ -58,6 +68,7 @@ func (m *memFS) reboot(model crashModel) *memFS {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := newMemFS()
+	out.nextID = m.nextID
 	src := m.names
 	if model != keepAll {
 		src = m.durable
@@ -71,7 +82,7 @@ func (m *memFS) reboot(model crashModel) *memFS {
 		if model == metadataFirst {
 			c = n.replayMetadata(c)
 		}
-		node := &memNode{data: c, synced: append([]byte(nil), c...)}
+		node := &memNode{id: n.id, data: c, synced: append([]byte(nil), c...)}
 		out.names[name] = node
 		out.durable[name] = node
 	}
@@ -82,6 +93,9 @@ func (m *memFS) reboot(model crashModel) *memFS {
 func (m *memFS) step() error {
 	if m.limit >= 0 && m.ops >= m.limit {
 		return errCrashed
+	}
+	if m.kill >= 0 && m.ops >= m.kill {
+		panic(errKilled)
 	}
 	m.ops++
 	return nil
@@ -96,7 +110,8 @@ func (m *memFS) Create(path string) (File, error) {
 	if _, ok := m.names[path]; ok {
 		return nil, os.ErrExist
 	}
-	n := &memNode{}
+	m.nextID++
+	n := &memNode{id: m.nextID}
 	m.names[path] = n
 	return &memFile{fs: m, n: n, writable: true}, nil
 }
@@ -316,3 +331,8 @@ func (f *memFile) Data(off, end int64) (int64, int64, error) {
 const memBlock = 4096
 
 func (f *memFile) Close() error { return nil }
+
+// Identity implements identified: one device, a node number per file.
+func (f *memFile) Identity() (FileIdentity, error) {
+	return FileIdentity{Dev: 1, Ino: f.n.id}, nil
+}

@@ -368,5 +368,8 @@ func (m *onlineMerge) switchTop(p *pairCopy, dirty *dirtySet, left []dirtyCluste
 	m.remap(p.dstBAT)
 	dropped = []*Delta{c.deltas[m.level], c.deltas[top]}
 	c.deltas = append(c.deltas[:m.level:m.level], p.dst)
+	if c.journal != nil { // empty (the commit above): now for the new top
+		c.bindJournal(c.journal)
+	}
 	return nil
 }

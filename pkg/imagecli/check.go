@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 )
 
 func runCheck(ctx context.Context, args []string, stdio IO) int {
 	e := env{name: "check", stdio: stdio}
-	u := usage{synopsis: "check [--repair] [--json] DIR|FILE", nargs: 1, text: `
+	u := usage{synopsis: "check [--repair] [--json] [--run-dir DIR] DIR|FILE", nargs: 1, text: `
 Check every delta of the image directory DIR, or a single delta FILE, and
 print the problems found. Exit status: 0 when no errors remain (warnings, such
 as a stale in-use mark or leaked space, are printed but allowed), 1 when
@@ -21,17 +22,29 @@ that point outside the file, un-shares shared clusters, punches and trims
 leaked space) and prints what was repaired. Never repair an image that is
 attached or open in another process. A check of an attached image shows its
 in-use mark, the space reserved ahead at the end of the top delta and the
-clusters written since the last flush as warnings: they are not problems.`}
+clusters written since the last flush as warnings: they are not problems.
+
+With --repair, an image directory first gets the writes its serving process
+acknowledged before it died (its pending-allocation journal, kept in the
+image's runtime directory under --run-dir until the next attach): the repair
+would otherwise punch their clusters as leaked space.`}
 	fs := newFlags(e.name)
 	repair := fs.Bool("repair", false, "fix what can be fixed")
 	asJSON := fs.Bool("json", false, "print pkg/image's Report as JSON")
+	runDir := runDirFlag(fs)
 	pos, code, ok := e.parse(fs, u, args)
 	if !ok {
 		return code
 	}
 	path := pos[0]
-	if _, err := classify(path); err != nil {
+	kind, err := classify(path)
+	if err != nil {
 		return e.fail(err)
+	}
+	if *repair && kind == kindDir {
+		if err := attach.ReplayJournal(*runDir, path, nil); err != nil {
+			return e.fail(err)
+		}
 	}
 	r, err := image.Check(path, *repair)
 	if err != nil {

@@ -35,10 +35,14 @@ func Detach(path string) error {
 	if err != nil {
 		return err
 	}
+	var backing string // what we detach; "" if it cannot be told
+	if info, err := statusByNumber(dev.Number); err == nil {
+		backing = info.BackingFile
+	}
 	if err := clearFD(dev); err != nil {
 		return err
 	}
-	return waitDetached(dev)
+	return waitDetached(dev, backing, statusByNumber)
 }
 
 // clearFD issues LOOP_CLR_FD. The device is opened read-only because a
@@ -63,13 +67,19 @@ func clearFD(dev Device) error {
 	}
 }
 
-// waitDetached confirms through sysfs that the backing file is gone,
-// allowing short-lived openers a grace period.
-func waitDetached(dev Device) error {
+// waitDetached confirms through sysfs (status) that the backing file is
+// gone, allowing short-lived openers a grace period. A device that shows
+// another backing file than the one detached (when known) was detached and
+// attached again by someone else meanwhile (device numbers are reused at
+// once): ours is gone.
+func waitDetached(dev Device, backing string, status func(int) (Info, error)) error {
 	deadline := time.Now().Add(detachGrace)
 	for {
-		info, err := statusByNumber(dev.Number)
+		info, err := status(dev.Number)
 		if errors.Is(err, ErrNotAttached) || errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err == nil && backing != "" && info.BackingFile != backing {
 			return nil
 		}
 		if err == nil && time.Now().After(deadline) {

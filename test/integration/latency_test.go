@@ -97,7 +97,7 @@ func newFixture(name string, capacity int64, written bool) (*fixture, error) {
 	f := &fixture{root: root}
 	ctx := context.Background()
 	f.mgr, err = volume.Open(ctx, volume.Options{
-		Root: filepath.Join(root, "root"), Store: ploopstore.New(), SweepGrace: -1,
+		Root: filepath.Join(root, "root"), Store: ploopstore.New(filepath.Join(root, "run")), SweepGrace: -1,
 		Attacher: ploopattach.New(attach.NewClient(attach.AttachOptions{RunDir: filepath.Join(root, "run")})),
 	})
 	if err == nil {

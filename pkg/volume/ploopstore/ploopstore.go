@@ -1,5 +1,6 @@
 // Package ploopstore is the real volume.ImageStore: ploop image directories
-// from pkg/image. It only translates types and sentinel errors.
+// from pkg/image. It translates types and sentinel errors, and has offline
+// operations replay what a dead serving process left (pkg/attach).
 package ploopstore
 
 import (
@@ -7,17 +8,22 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 	"github.com/csi-ploop/csi-ploop/pkg/volume"
 )
 
 // Store implements volume.ImageStore over pkg/image.
-type Store struct{}
+type Store struct {
+	runDir string // the serving processes' run directory (their journals)
+}
 
 var _ volume.ImageStore = Store{}
 
-// New returns the store.
-func New() Store { return Store{} }
+// New returns the store of a driver whose serving processes keep their
+// runtime directories under runDir ("" = attach.DefaultRunDir): offline
+// operations replay the pending-allocation journal a dead one left there.
+func New(runDir string) Store { return Store{runDir: runDir} }
 
 // mapErr gives the domain layer the sentinel it checks for.
 func mapErr(err error) error {
@@ -51,7 +57,10 @@ func (Store) CreateOnChain(_ context.Context, dir string, base []string, size in
 }
 
 // SnapshotDir implements volume.ImageStore.
-func (Store) SnapshotDir(_ context.Context, dir string, opts volume.SnapshotOptions) (string, error) {
+func (s Store) SnapshotDir(_ context.Context, dir string, opts volume.SnapshotOptions) (string, error) {
+	if err := attach.ReplayJournal(s.runDir, dir, nil); err != nil {
+		return "", err
+	}
 	guid, err := image.SnapshotDir(dir, image.SnapshotOptions{NewDeltaFile: opts.NewDeltaFile})
 	return guid, mapErr(err)
 }
@@ -67,7 +76,10 @@ func (Store) ChainFiles(_ context.Context, dir string) ([]string, error) {
 }
 
 // GrowDir implements volume.ImageStore.
-func (Store) GrowDir(_ context.Context, dir string, size int64) error {
+func (s Store) GrowDir(_ context.Context, dir string, size int64) error {
+	if err := attach.ReplayJournal(s.runDir, dir, nil); err != nil {
+		return err
+	}
 	return mapErr(image.GrowDir(dir, size))
 }
 
@@ -93,7 +105,12 @@ func result(st image.MergeStats) volume.MergeResult {
 }
 
 // MergeDir implements volume.ImageStore.
-func (Store) MergeDir(ctx context.Context, dir string, req volume.MergeRequest) (volume.MergeResult, error) {
+func (s Store) MergeDir(ctx context.Context, dir string, req volume.MergeRequest) (volume.MergeResult, error) {
+	// A merge into or of the top opens it for writing: its recovery would
+	// reclaim the clusters of writes a dead serving process acknowledged.
+	if err := attach.ReplayJournal(s.runDir, dir, nil); err != nil {
+		return volume.MergeResult{}, err
+	}
 	st, err := image.MergeDirPair(ctx, dir, req.Parent, req.Child, pairOpts(req))
 	return result(st), mapMergeErr(err)
 }

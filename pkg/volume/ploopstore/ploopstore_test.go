@@ -92,7 +92,7 @@ func TestDeleteSnapshotMergesRealImages(t *testing.T) {
 	const cs = 64 << 10
 	ctx := context.Background()
 	root := t.TempDir()
-	m, err := volume.Open(ctx, volume.Options{Root: root, Store: ploopstore.New(), Attacher: detached{}, SweepGrace: -1})
+	m, err := volume.Open(ctx, volume.Options{Root: root, Store: ploopstore.New(t.TempDir()), Attacher: detached{}, SweepGrace: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
