@@ -252,10 +252,42 @@ func (v *volume) unexpected(srv *server, ev event) {
 // cleanup removes what a dead server left, unless we keep the volume (a
 // server is up, or being restarted: the leftovers are its connection).
 func (v *volume) cleanup(ctx context.Context) error {
+	if v.cur != nil && !v.answers(ctx) {
+		v.awaitLeaving(v.cur)
+	}
 	if v.cur != nil || v.files.Dev != nil {
 		return fmt.Errorf("%w: %s is kept by the data plane", attach.ErrAlreadyAttached, v.dir)
 	}
 	return v.s.attach.Cleanup(ctx, v.dir)
+}
+
+// leaveWait bounds how long a cleanup waits for the bye of a server that
+// no longer answers: one that detached says bye right after its answer to
+// the driver, whose cleanup (DeleteVolume after NodeUnstage) can reach us
+// before the bye does.
+const leaveWait = 2 * time.Second
+
+// answers reports whether the current server answers a status question
+// soon. We hold a duplicate of its control socket, so a server that has
+// detached or died leaves connections unanswered rather than refused.
+func (v *volume) answers(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	_, alive, err := v.s.attach.Attached(ctx, v.dir)
+	return alive || (err != nil && ctx.Err() == nil)
+}
+
+// awaitLeaving waits up to leaveWait for srv's bye (or its end) and acts
+// on it as the loop would: a detached server is let go, a dead one
+// restarted (the volume stays kept).
+func (v *volume) awaitLeaving(srv *server) {
+	ev, err := v.await(srv, leaveWait, attach.KeepBye)
+	switch {
+	case errors.Is(err, errServerGone):
+		v.onEvent(event{err: errServerGone})
+	case err == nil || ev.err != nil:
+		v.onEvent(ev)
+	}
 }
 
 // ctlSocket is the path of the volume's control socket.
