@@ -133,7 +133,7 @@ func ReplayJournal(runDir, dir string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(runtimeDir(cmp.Or(runDir, DefaultRunDir), abs), journalName)
+	path := journalPath(runDir, abs)
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -146,4 +146,20 @@ func ReplayJournal(runDir, dir string, log *slog.Logger) error {
 		return fmt.Errorf("attach: replay the pending-allocation journal of %s: %w", abs, err)
 	}
 	return nil
+}
+
+// JournalPath is where a serving process of image directory dir keeps the
+// image's pending-allocation journal: in its runtime directory under
+// runDir ("" = DefaultRunDir), which keeps the journal when the process
+// dies with entries in it (what ReplayJournal reads).
+func JournalPath(runDir, dir string) (string, error) {
+	abs, err := absDir(dir)
+	if err != nil {
+		return "", err
+	}
+	return journalPath(runDir, abs), nil
+}
+
+func journalPath(runDir, abs string) string {
+	return filepath.Join(runtimeDir(cmp.Or(runDir, DefaultRunDir), abs), journalName)
 }
