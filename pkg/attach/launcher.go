@@ -103,7 +103,7 @@ func waitReady(ctx context.Context, rt string, exited <-chan struct{}) (string, 
 	defer t.Stop()
 	for {
 		dev, ok, err := attachedAt(ctx, rt)
-		if ok || (err != nil && ctx.Err() == nil) {
+		if ok || (err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded)) {
 			return dev, err
 		}
 		select {

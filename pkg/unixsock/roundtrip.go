@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"os"
 	"syscall"
 	"time"
 )
@@ -26,7 +27,7 @@ func RoundTrip(ctx context.Context, path string, req, resp any) error {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("%w: %s: %w", ErrNoListener, path, err)
 		}
-		return fmt.Errorf("connect %s: %w", path, err)
+		return fmt.Errorf("connect %s: %w", path, ctxOr(ctx, err))
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
@@ -41,9 +42,16 @@ func RoundTrip(ctx context.Context, path string, req, resp any) error {
 }
 
 // ctxOr prefers ctx's error (the reason a deadline hit the connection).
+// The dialer and the connection use ctx's deadline as their own, and can
+// time out a moment before ctx's timer marks it done: a timeout at or past
+// that deadline is ctx's too, or callers that tell "ctx ended" from "the
+// peer failed" by ctx.Err() would take it for a failure of the peer.
 func ctxOr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
+	}
+	if d, ok := ctx.Deadline(); ok && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(d) {
+		return fmt.Errorf("%w (%w)", context.DeadlineExceeded, err)
 	}
 	return err
 }
