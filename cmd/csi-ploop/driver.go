@@ -57,9 +57,7 @@ func parseDriverFlags(args []string) (driverConfig, error) {
 	fs.StringVar(&c.runDir, "run-dir", attach.DefaultRunDir, "runtime directory of the per-volume serving processes")
 	fs.StringVar(&c.dataplaneSocket, "dataplane-socket", "", "socket of the data plane (csi-ploop dataplane run --socket, same --run-dir) that starts and keeps the serving processes; empty: the driver starts them as its own children, and they die with its container")
 	fs.DurationVar(&c.dataplaneWait, "dataplane-wait", dataplane.DefaultClientWait, "how long an attach waits for a data plane that does not answer")
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
-	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+	klogFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

@@ -97,17 +97,41 @@ func envNames(c *corev1.Container) []string {
 	return n
 }
 
-// driverFlagNames are the flags cmd/csi-ploop/driver.go defines (fs.XxxVar(&..., "name", ...)).
-func driverFlagNames(t *testing.T) map[string]bool {
+// flagNamesIn are the flags that cmd/csi-ploop/FILE defines (fs.Xxx("name", ...),
+// fs.XxxVar(&..., "name", ...)), in the bodies of funcs (func name with its
+// opening parenthesis) or, without funcs, in the whole file.
+func flagNamesIn(t *testing.T, file string, funcs ...string) map[string]bool {
 	t.Helper()
-	src, err := os.ReadFile("../../cmd/csi-ploop/driver.go")
+	src, err := os.ReadFile("../../cmd/csi-ploop/" + file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := map[string]bool{"v": true} // klog flags are added at run time
-	for _, m := range regexp.MustCompile(`fs\.\w+Var\([^,]+, "([a-z0-9-]+)"`).FindAllSubmatch(src, -1) {
-		names[string(m[1])] = true
+	bodies := []string{string(src)}
+	if len(funcs) > 0 {
+		bodies = nil
+		for _, fn := range funcs {
+			_, body, ok := strings.Cut(string(src), fn)
+			if !ok {
+				t.Fatalf("%s not found in cmd/csi-ploop/%s", fn, file)
+			}
+			body, _, _ = strings.Cut(body, "\nfunc ")
+			bodies = append(bodies, body)
+		}
 	}
+	names := map[string]bool{"v": true} // klog flags are added at run time
+	re := regexp.MustCompile(`fs\.\w*\((?:[^,"]+,\s*)?"([a-z0-9-]+)"`)
+	for _, body := range bodies {
+		for _, m := range re.FindAllStringSubmatch(body, -1) {
+			names[m[1]] = true
+		}
+	}
+	return names
+}
+
+// driverFlagNames are the flags cmd/csi-ploop/driver.go defines.
+func driverFlagNames(t *testing.T) map[string]bool {
+	t.Helper()
+	names := flagNamesIn(t, "driver.go")
 	if !names["endpoint"] || !names["kubelet-registration-path"] {
 		t.Fatalf("could not read the driver's flags from cmd/csi-ploop/driver.go: %v", names)
 	}
@@ -278,21 +302,7 @@ func TestRBAC(t *testing.T) {
 // (cmd/csi-ploop/dataplane.go: dataplaneFlags and dataplaneRun).
 func dataplaneRunFlags(t *testing.T) map[string]bool {
 	t.Helper()
-	src, err := os.ReadFile("../../cmd/csi-ploop/dataplane.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := map[string]bool{"v": true} // klog flags are added at run time
-	for _, fn := range []string{"func dataplaneFlags(", "func dataplaneRun("} {
-		body, ok := strings.CutPrefix(string(src[strings.Index(string(src), fn):]), fn)
-		if !ok {
-			t.Fatalf("%s not found in cmd/csi-ploop/dataplane.go", fn)
-		}
-		body, _, _ = strings.Cut(body, "\nfunc ")
-		for _, m := range regexp.MustCompile(`fs\.\w*\((?:[^,"]+,\s*)?"([a-z0-9-]+)"`).FindAllStringSubmatch(body, -1) {
-			names[m[1]] = true
-		}
-	}
+	names := flagNamesIn(t, "dataplane.go", "func dataplaneFlags(", "func dataplaneRun(")
 	if !names["socket"] || !names["generation"] || !names["ready-file"] {
 		t.Fatalf("could not read the data plane's flags: %v", names)
 	}

@@ -9,6 +9,18 @@ import (
 	"testing"
 )
 
+// buildBinary builds cmd/csi-ploop into a temporary directory.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "csi-ploop")
+	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "./cmd/csi-ploop")
+	build.Dir = filepath.Join("..", "..")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
 // TestBinary builds cmd/csi-ploop and runs "csi-ploop image ..." as a real
 // process: dispatch, exit codes and output streams end to end.
 func TestBinary(t *testing.T) {
@@ -16,13 +28,7 @@ func TestBinary(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "csi-ploop")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	build := exec.Command(goTool, "build", "-o", bin, "./cmd/csi-ploop")
-	build.Dir = filepath.Join("..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	dir := filepath.Join(tmp, "vol")
 	run := func(want int, args ...string) (string, string) {
 		t.Helper()

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -21,13 +20,7 @@ import (
 // detached, or killed, when the test ends.
 func attachWithBinary(t *testing.T, dir, runDir string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "csi-ploop")
-	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "./cmd/csi-ploop")
-	build.Dir = filepath.Join("..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	cmd := exec.Command(bin, "image", "attach", "--run-dir", runDir, dir)
+	cmd := exec.Command(buildBinary(t), "image", "attach", "--run-dir", runDir, dir)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

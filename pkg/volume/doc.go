@@ -10,7 +10,7 @@
 //	<root>/meta/snapshots/<snapID>.json         committed snapshot record (name, source volume, frozen chain)
 //	<root>/meta/staged/<volID>.json             node-side record: volume is staged (path, block, fs, flags)
 //	<root>/meta/published/<volID>/<hash>.json   node-side record per published target (path, bind options)
-//	<root>/meta/merges/<hex32>.json             intent of a merge in progress (parent, child, volume, copied)
+//	<root>/meta/merges/<hex32>.json             intent of a merge in progress (parent, child, volume, direction once copied)
 //
 // Volume IDs are "vol-" + 32 hex digits, snapshot IDs "snap-" + 32 hex digits, delta
 // files 32 hex digits + ".hds". Every ID arriving from a request is checked against

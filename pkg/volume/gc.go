@@ -23,26 +23,14 @@ type SweepReport struct {
 // and every delta of a snapshot record. An error means the set may be incomplete, so
 // callers must not delete anything.
 func (m *Manager) references(ctx context.Context) (map[string]bool, error) {
-	m.mu.Lock()
-	volIDs := make([]string, 0, len(m.vols))
-	for id := range m.vols {
-		volIDs = append(volIDs, id)
+	chains, err := m.forest(ctx)
+	if err != nil {
+		return nil, err
 	}
 	refs := map[string]bool{}
-	for _, s := range m.snaps {
-		for _, p := range m.poolPaths(s.Chain) {
+	for _, c := range chains {
+		for _, p := range c.deltas {
 			refs[p] = true
-		}
-	}
-	m.mu.Unlock()
-	for _, id := range volIDs {
-		chain, err := m.store.ChainFiles(ctx, m.volDir(id))
-		if err != nil && m.committed(id) {
-			return nil, fmt.Errorf("chain of volume %s: %w", id, err)
-		}
-		// else deleted since we listed it: it references nothing any more.
-		for _, p := range chain {
-			refs[filepath.Clean(p)] = true
 		}
 	}
 	return refs, nil

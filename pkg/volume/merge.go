@@ -37,13 +37,17 @@ import (
 
 // mergeIntent is <root>/meta/merges/<child>.json.
 type mergeIntent struct {
-	Parent    string         `json:"parent"` // pool names
-	Child     string         `json:"child"`
-	VolumeID  string         `json:"volumeID,omitempty"`
-	Copied    bool           `json:"copied"` // the kept delta holds the combined view
+	Parent   string `json:"parent"` // pool names
+	Child    string `json:"child"`
+	VolumeID string `json:"volumeID,omitempty"`
+	// Direction is the direction the copy took, set once it is done (the
+	// kept delta holds the combined view); MergeAuto until then.
 	Direction MergeDirection `json:"direction,omitempty"`
 	StartedAt time.Time      `json:"startedAt"`
 }
+
+// copied reports whether the copy is done.
+func (in mergeIntent) copied() bool { return in.Direction != MergeAuto }
 
 func (in mergeIntent) kept() string {
 	if in.Direction == MergeUp {
@@ -215,7 +219,7 @@ func (m *Manager) mergePair(ctx context.Context, pair mergePair) error {
 		return fmt.Errorf("merge %s into %s: %w", filepath.Base(pair.child), filepath.Base(pair.parent), err)
 	}
 	m.crashPoint("merge.copied")
-	in.Copied, in.Direction = true, res.Direction
+	in.Direction = res.Direction
 	if err := writeJSONAtomic(m.intentPath(in.Child), in); err != nil {
 		return err
 	}
@@ -335,12 +339,11 @@ func (m *Manager) finishInterrupted(ctx context.Context, in mergeIntent) error {
 		return err
 	}
 	parent, child := m.deltaPath(in.Parent), m.deltaPath(in.Child)
-	if !in.Copied {
+	if !in.copied() {
 		in.Direction = switchedDirection(chains, in.VolumeID, parent, child)
-		if in.Direction == MergeAuto {
+		if !in.copied() {
 			return removeDurable(m.intentPath(in.Child))
 		}
-		in.Copied = true
 	}
 	pair := pairIn(chains, parent, child)
 	unlock, ok := m.tryKeys(pair.keys())

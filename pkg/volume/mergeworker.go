@@ -120,10 +120,10 @@ func (w *merger) passes() {
 	}
 }
 
-// scheduleRetry arms a timer for a later pass when work was put off.
-// Callers hold w.mu.
+// scheduleRetry arms a timer for a later pass when work was put off (not
+// for inline passes: tests drive those themselves). Callers hold w.mu.
 func (w *merger) scheduleRetry(deferred bool) {
-	if !deferred || w.closed {
+	if !deferred || w.closed || w.inline {
 		w.backoff = 0
 		return
 	}
@@ -131,12 +131,7 @@ func (w *merger) scheduleRetry(deferred bool) {
 	if w.retry != nil {
 		w.retry.Stop()
 	}
-	w.retry = time.AfterFunc(w.backoff, func() {
-		if w.inline {
-			return // tests drive inline passes themselves
-		}
-		w.request()
-	})
+	w.retry = time.AfterFunc(w.backoff, func() { w.request() })
 }
 
 // close stops the background pass (at the next cluster batch) and waits

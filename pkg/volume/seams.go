@@ -70,7 +70,7 @@ type MergeRequest struct {
 
 // MergeResult says what a merge did.
 type MergeResult struct {
-	Direction MergeDirection // the direction taken
+	Direction MergeDirection // the direction taken (never MergeAuto)
 	// Kept holds the combined view now; Dropped is out of the chain (its
 	// file is left for the caller to remove).
 	Kept, Dropped string

@@ -324,9 +324,8 @@ release_volumes() {
 		kc delete pods -n "$ns" --all --wait=false --grace-period=1 >/dev/null 2>&1 || true
 	done
 	kc delete pvc -A --all --wait=false >/dev/null 2>&1 || true
-	wait_for 90 "volumes released" no_ploop_pvs || true
+	wait_for 90 "volumes released" no_driver_pvs || true
 }
-no_ploop_pvs() { [[ -z $(kc get pv -o jsonpath="{.items[?(@.spec.csi.driver=='$DRIVER_NAME')].metadata.name}") ]]; }
 
 down() {
 	log "tearing down"

@@ -140,9 +140,6 @@ new_supervisor() {
 pods_of() { kc -n csi-ploop get pod -l "app.kubernetes.io/name=$1" -o jsonpath='{.items[*].metadata.name}'; }
 only_pod_is_not() { local p; p=$(pods_of "$1"); [[ -n $p && $p != *" "* && $p != "$2" ]] && pod_ready "$p"; }
 pod_ready() { [[ $(kc -n csi-ploop get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]; }
-driver_registered() {
-	[[ $(kc get csinode "$NODE_NAME" -o jsonpath='{.spec.drivers[*].name}') == *"$DRIVER_NAME"* ]]
-}
 
 run_dataplane() {
 	local t0=$SECONDS before after old
@@ -198,6 +195,5 @@ run_dataplane() {
 	kc delete namespace "$NS" --timeout=180s
 	log "dataplane: PASSED in $((SECONDS - t0))s: $(cut -d' ' -f1 <<<"$final") verified iterations, largest gap $(( $(cut -d' ' -f2 <<<"$final") * 10 )) ms, 0 errors"
 }
-no_driver_pvs() { [[ -z $(kc get pv -o jsonpath="{.items[?(@.spec.csi.driver=='$DRIVER_NAME')].metadata.name}") ]]; }
 
 run_dataplane

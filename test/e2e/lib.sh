@@ -42,6 +42,13 @@ die() { log "FATAL: $*"; exit 1; }
 
 kc() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
+# The kubelet lists csi-ploop among the node's CSI drivers.
+driver_registered() {
+	[[ $(kc get csinode "$NODE_NAME" -o jsonpath='{.spec.drivers[*].name}') == *"$DRIVER_NAME"* ]]
+}
+# No PersistentVolume of csi-ploop is left.
+no_driver_pvs() { [[ -z $(kc get pv -o jsonpath="{.items[?(@.spec.csi.driver=='$DRIVER_NAME')].metadata.name}") ]]; }
+
 # wait_for SECONDS DESCRIPTION CMD...: retry CMD every 2 s until it succeeds.
 wait_for() {
 	local limit=$1 what=$2 start=$SECONDS

@@ -68,10 +68,6 @@ ds_ready() {
 	done
 }
 
-driver_registered() {
-	[[ $(kc get csinode "$NODE_NAME" -o jsonpath='{.spec.drivers[*].name}') == *"$DRIVER_NAME"* ]]
-}
-
 deploy_driver() {
 	kc apply -k "$E2E_DIR/overlay"
 	wait_for 180 "csi-ploop-node and csi-ploop-dataplane ready" ds_ready || {

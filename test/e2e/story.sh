@@ -176,7 +176,6 @@ run_story() {
 	log "story: PASSED in $((SECONDS - t0))s"
 }
 
-no_driver_pvs() { [[ -z $(kc get pv -o jsonpath="{.items[?(@.spec.csi.driver=='$DRIVER_NAME')].metadata.name}") ]]; }
 no_snapcontents() { [[ -z $(kc get volumesnapshotcontents -o name) ]]; }
 
 volume_files() { find "$DRIVER_ROOT/volumes" "$DRIVER_ROOT/deltas" "$DRIVER_ROOT/meta" -type f 2>/dev/null || true; }
