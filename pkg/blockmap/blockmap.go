@@ -30,7 +30,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/csi-ploop/csi-ploop/pkg/fuse"
@@ -116,7 +115,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.FileName == "" {
 		o.FileName = DefaultFileName
 	}
-	if o.FileName == "." || o.FileName == ".." || strings.ContainsAny(o.FileName, "/\x00") {
+	if !fuse.ValidFileName(o.FileName) {
 		return o, fmt.Errorf("%w: file name %q", ErrInvalidOptions, o.FileName)
 	}
 	if o.RequestTimeout == 0 {
