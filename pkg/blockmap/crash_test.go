@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -227,24 +225,11 @@ func TestCrashRecoveryWithResend(t *testing.T) {
 	t.Logf("slowest kill-to-serving: %v", worst)
 	waiting := -1
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if waiting = keeperWaiting(t, k); waiting == 0 {
+		if waiting = waitingRequests(t, k.connID); waiting == 0 {
 			break
 		}
 	}
 	if waiting != 0 {
 		t.Errorf("waiting = %d after the I/O stopped", waiting)
 	}
-}
-
-func keeperWaiting(t *testing.T, k *keeper) int {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(fusectlDir, strconv.FormatUint(k.connID, 10), "waiting"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	if _, err := fmt.Sscan(string(b), &n); err != nil {
-		t.Fatal(errors.Join(err, fmt.Errorf("waiting %q", b)))
-	}
-	return n
 }
