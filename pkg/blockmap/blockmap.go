@@ -143,14 +143,7 @@ func (o Options) initOptions() fuse.InitOptions {
 // the connection ends. Must run as root. ctx bounds only the mount itself.
 // The Server owns the mount and its descriptors.
 func Mount(ctx context.Context, mountDir string, disk Disk, opts Options) (*Server, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	opts, err := opts.withDefaults()
-	if err != nil {
-		return nil, err
-	}
-	conn, err := MountConn(ctx, mountDir, opts)
+	conn, err := MountConn(ctx, mountDir, opts) // checks ctx and opts before mounting
 	if err != nil {
 		return nil, err
 	}
