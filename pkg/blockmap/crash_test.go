@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/csi-ploop/csi-ploop/pkg/fuse"
-	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
 )
 
 // Environment of the serving child (the test binary run again).
@@ -188,17 +187,9 @@ func TestCrashRecoveryWithResend(t *testing.T) {
 		t.Skipf("kernel cannot re-send (INIT state %s, %v)", k.init, err)
 	}
 
-	info, err := loopdev.AttachInfo(context.Background(), filepath.Join(k.conn.Dir, DefaultFileName),
-		loopdev.Options{DirectIO: true, RequireDirectIO: true, BlockSize: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { // before the keeper's cleanup: a child still serves
-		if err := loopdev.Detach(info.Path); err != nil {
-			t.Errorf("detach: %v", err)
-		}
-	})
-	io := startVerifiedIO(t, info.Path, size, 4)
+	// Detached before the keeper's cleanup runs: a child still serves.
+	dev := attachLoop(t, filepath.Join(k.conn.Dir, DefaultFileName))
+	io := startVerifiedIO(t, dev, size, 4)
 	t.Cleanup(func() { // first: nothing may wait on a mount nobody serves
 		if t.Failed() {
 			k.abort()

@@ -71,7 +71,7 @@ func TestHandOverUnderLoad(t *testing.T) {
 	d := newFileDisk(t, 64*mib)
 	sv := &serving{cur: mountDisk(t, d, Options{})}
 	sv.closeLast(t)
-	dev := attachLoop(t, sv.cur)
+	dev := attachLoop(t, sv.cur.FilePath())
 	abortOnFailure(t, sv.cur)
 	io := startVerifiedIO(t, dev, 64*mib, 4)
 
