@@ -165,8 +165,8 @@ func TestKernelServe(t *testing.T) {
 	if _, err := wf.Write(want); err != nil {
 		t.Fatalf("write: %v", err)
 	}
-	if err := wf.Close(); err != nil || f.flushes == 0 {
-		t.Fatalf("close: %v, %d flushes", err, f.flushes)
+	if err := wf.Close(); err != nil || f.flushCount() == 0 {
+		t.Fatalf("close: %v, %d flushes", err, f.flushCount())
 	}
 	got, err := os.ReadFile(path)
 	if err != nil || !bytes.Equal(got[:len(want)], want) || len(got) != 1<<20 {
