@@ -7,19 +7,22 @@ function median(a, n,   i, j, t) {
 	return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
 }
 { key = $2 SUBSEP $3; n[key]++; v[key, n[key]] = $4; s[key, n[key]] = $5; byrep[$2, $3, $1] = $4; reps[$1] = 1 }
-function med(name, side,   k, i, a) { k = name SUBSEP side; for (i = 1; i <= n[k]; i++) a[i] = v[k, i]; return n[k] ? median(a, n[k]) : 0 }
-function meds(name, side,  k, i, a) { k = name SUBSEP side; for (i = 1; i <= n[k]; i++) a[i] = s[k, i]; return n[k] ? median(a, n[k]) : 0 }
-function range(num, den,   r, lo, hi, x, first) {
+# medof: the median of col (v: the values, s: srv us/IO) for name and side.
+function medof(col, name, side,   k, i, a) { k = name SUBSEP side; for (i = 1; i <= n[k]; i++) a[i] = col[k, i]; return n[k] ? median(a, n[k]) : 0 }
+function med(name, side) { return medof(v, name, side) }
+# range: the lowest and highest per-repetition ratio of num on nside to den
+# on dside.
+function range(num, nside, den, dside,   r, lo, hi, x, first) {
 	first = 1
-	for (r in reps) if (byrep[den, "raw", r] > 0 && ((num, "img", r) in byrep)) {
-		x = byrep[num, "img", r] / byrep[den, "raw", r]
+	for (r in reps) if (byrep[den, dside, r] > 0 && ((num, nside, r) in byrep)) {
+		x = byrep[num, nside, r] / byrep[den, dside, r]
 		if (first || x < lo) lo = x; if (first || x > hi) hi = x; first = 0
 	}
 	return first ? "" : sprintf("%.2f-%.2f", lo, hi)
 }
 function row(label, name, unit, div,   r, i) {
 	r = med(name, "raw"); i = med(name, "img")
-	printf "| %-34s | %9.1f %-5s | %9.1f %-5s | %5.2fx (%s) | %6.1f |\n", label, r / div, unit, i / div, unit, (r > 0 ? i / r : 0), range(name, name), meds(name, "img")
+	printf "| %-34s | %9.1f %-5s | %9.1f %-5s | %5.2fx (%s) | %6.1f |\n", label, r / div, unit, i / div, unit, (r > 0 ? i / r : 0), range(name, "img", name, "raw"), medof(s, name, "img")
 }
 END {
 	print "| job                                | loop on raw file | csi-ploop image  | ratio        | srv us/IO |"
@@ -33,15 +36,7 @@ END {
 	row("rand write 4k qd32 after snapshot", "postsnap", "kIOPS", 1000)
 	row("qd1 4k read latency (lower=better)", "qd1read", "us", 1)
 	ft = med("firsttouch", "img"); rw = med("randwrite", "img")
-	printf "\nimage first-touch / its own allocated rand write: %.2fx (%s)\n", (rw > 0 ? ft / rw : 0), range2()
+	printf "\nimage first-touch / its own allocated rand write: %.2fx (%s)\n", (rw > 0 ? ft / rw : 0), range("firsttouch", "img", "randwrite", "img")
 	if (med("randread16", "img") > 0)
 		printf "image rand read 4k qd32 at chain depth 16 / depth 1: %.2fx\n", med("randread16", "img") / med("randread", "img")
-}
-function range2(   r, lo, hi, x, first) {
-	first = 1
-	for (r in reps) if (byrep["randwrite", "img", r] > 0) {
-		x = byrep["firsttouch", "img", r] / byrep["randwrite", "img", r]
-		if (first || x < lo) lo = x; if (first || x > hi) hi = x; first = 0
-	}
-	return first ? "" : sprintf("%.2f-%.2f", lo, hi)
 }

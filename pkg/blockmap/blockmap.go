@@ -30,7 +30,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/csi-ploop/csi-ploop/pkg/fuse"
@@ -116,7 +115,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.FileName == "" {
 		o.FileName = DefaultFileName
 	}
-	if o.FileName == "." || o.FileName == ".." || strings.ContainsAny(o.FileName, "/\x00") {
+	if !fuse.ValidFileName(o.FileName) {
 		return o, fmt.Errorf("%w: file name %q", ErrInvalidOptions, o.FileName)
 	}
 	if o.RequestTimeout == 0 {
@@ -144,14 +143,7 @@ func (o Options) initOptions() fuse.InitOptions {
 // the connection ends. Must run as root. ctx bounds only the mount itself.
 // The Server owns the mount and its descriptors.
 func Mount(ctx context.Context, mountDir string, disk Disk, opts Options) (*Server, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	opts, err := opts.withDefaults()
-	if err != nil {
-		return nil, err
-	}
-	conn, err := MountConn(ctx, mountDir, opts)
+	conn, err := MountConn(ctx, mountDir, opts) // checks ctx and opts before mounting
 	if err != nil {
 		return nil, err
 	}

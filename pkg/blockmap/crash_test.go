@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -18,7 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/csi-ploop/csi-ploop/pkg/fuse"
-	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
 )
 
 // Environment of the serving child (the test binary run again).
@@ -190,17 +187,9 @@ func TestCrashRecoveryWithResend(t *testing.T) {
 		t.Skipf("kernel cannot re-send (INIT state %s, %v)", k.init, err)
 	}
 
-	info, err := loopdev.AttachInfo(context.Background(), filepath.Join(k.conn.Dir, DefaultFileName),
-		loopdev.Options{DirectIO: true, RequireDirectIO: true, BlockSize: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { // before the keeper's cleanup: a child still serves
-		if err := loopdev.Detach(info.Path); err != nil {
-			t.Errorf("detach: %v", err)
-		}
-	})
-	io := startVerifiedIO(t, info.Path, size, 4)
+	// Detached before the keeper's cleanup runs: a child still serves.
+	dev := attachLoop(t, filepath.Join(k.conn.Dir, DefaultFileName))
+	io := startVerifiedIO(t, dev, size, 4)
 	t.Cleanup(func() { // first: nothing may wait on a mount nobody serves
 		if t.Failed() {
 			k.abort()
@@ -227,24 +216,11 @@ func TestCrashRecoveryWithResend(t *testing.T) {
 	t.Logf("slowest kill-to-serving: %v", worst)
 	waiting := -1
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if waiting = keeperWaiting(t, k); waiting == 0 {
+		if waiting = waitingRequests(t, k.connID); waiting == 0 {
 			break
 		}
 	}
 	if waiting != 0 {
 		t.Errorf("waiting = %d after the I/O stopped", waiting)
 	}
-}
-
-func keeperWaiting(t *testing.T, k *keeper) int {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(fusectlDir, strconv.FormatUint(k.connID, 10), "waiting"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	if _, err := fmt.Sscan(string(b), &n); err != nil {
-		t.Fatal(errors.Join(err, fmt.Errorf("waiting %q", b)))
-	}
-	return n
 }

@@ -71,7 +71,7 @@ func TestHandOverUnderLoad(t *testing.T) {
 	d := newFileDisk(t, 64*mib)
 	sv := &serving{cur: mountDisk(t, d, Options{})}
 	sv.closeLast(t)
-	dev := attachLoop(t, sv.cur)
+	dev := attachLoop(t, sv.cur.FilePath())
 	abortOnFailure(t, sv.cur)
 	io := startVerifiedIO(t, dev, 64*mib, 4)
 
@@ -81,7 +81,7 @@ func TestHandOverUnderLoad(t *testing.T) {
 	}
 	io.waitWrites(t, 50)
 	io.check(t, d.f.Name())
-	if w := waitingRequests(t, sv.cur); w != 0 {
+	if w := waitingRequests(t, sv.cur.connID); w != 0 {
 		t.Errorf("waiting = %d after the I/O stopped", w)
 	}
 }
@@ -169,20 +169,20 @@ func TestAdoptWithJSONInitState(t *testing.T) {
 	}
 }
 
-// waitingRequests reads the connection's fusectl waiting counter: requests
-// the kernel has not seen answered.
-func waitingRequests(t *testing.T, s *Server) int {
+// waitingRequests reads the fusectl waiting counter of connection connID:
+// requests the kernel has not seen answered.
+func waitingRequests(t *testing.T, connID uint64) int {
 	t.Helper()
 	if err := mountFusectl(); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(fusectlDir, strconv.FormatUint(s.connID, 10), "waiting"))
+	b, err := os.ReadFile(filepath.Join(fusectlDir, strconv.FormatUint(connID, 10), "waiting"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("waiting %q: %v", b, err)
 	}
 	return n
 }

@@ -13,12 +13,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// attachLoop attaches a loop device with direct I/O to the server's file.
-// Its cleanup (detach) is registered after mountDisk's Close, so it runs
-// before the FUSE unmount.
-func attachLoop(t *testing.T, s *Server) string {
+// attachLoop attaches a loop device with direct I/O to file (a server's
+// FilePath). Its cleanup (detach) is registered after mountDisk's Close,
+// so it runs before the FUSE unmount.
+func attachLoop(t *testing.T, file string) string {
 	t.Helper()
-	info, err := loopdev.AttachInfo(context.Background(), s.FilePath(),
+	info, err := loopdev.AttachInfo(context.Background(), file,
 		loopdev.Options{DirectIO: true, RequireDirectIO: true, BlockSize: 4096})
 	if err != nil {
 		t.Fatalf("attach loop: %v", err)
@@ -64,7 +64,7 @@ func unmountFS(t *testing.T, dir string) {
 func TestLoopExt4RoundTrip(t *testing.T) {
 	d := newFileDisk(t, 256*mib)
 	s := mountDisk(t, d, Options{})
-	dev := attachLoop(t, s)
+	dev := attachLoop(t, s.FilePath())
 
 	run(t, "mkfs.ext4", "-q", "-F", dev)
 	dir := mountExt4(t, dev)
@@ -85,7 +85,7 @@ func TestLoopExt4RoundTrip(t *testing.T) {
 func TestLoopDiscardReachesDisk(t *testing.T) {
 	d := newFileDisk(t, 64*mib)
 	s := mountDisk(t, d, Options{})
-	dev := attachLoop(t, s)
+	dev := attachLoop(t, s.FilePath())
 	if _, err := d.f.WriteAt(pattern(8*mib, 1), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestLoopDiscardReachesDisk(t *testing.T) {
 func TestLoopGrowWithSetCapacity(t *testing.T) {
 	d := newFileDisk(t, 64*mib)
 	s := mountDisk(t, d, Options{})
-	dev := attachLoop(t, s)
+	dev := attachLoop(t, s.FilePath())
 
 	d.grow(t, 160*mib)
 	// Without Resized loop still sees the kernel's cached i_size: this is
@@ -143,7 +143,7 @@ func TestLoopGrowWithSetCapacity(t *testing.T) {
 func TestCloseWithLoopAttached(t *testing.T) {
 	d := newFileDisk(t, 16*mib)
 	s := mountDisk(t, d, Options{})
-	dev := attachLoop(t, s)
+	dev := attachLoop(t, s.FilePath())
 
 	if err := s.Close(); !errors.Is(err, ErrBusy) {
 		t.Fatalf("Close with loop attached: %v; want ErrBusy", err)

@@ -29,8 +29,6 @@ type Server struct {
 	// /sys/fs/fuse/connections.
 	connID uint64
 
-	done chan struct{} // closed when serving ends (drain, unmount, abort)
-
 	// rootMu guards conn.Root, which Close closes while it unmounts (an
 	// open descriptor keeps the mount busy) and reopens if that fails.
 	rootMu sync.RWMutex
@@ -74,7 +72,7 @@ func Serve(ctx context.Context, conn Conn, disk Disk, opts Options) (_ *Server, 
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{disk: disk, opts: opts, conn: conn, gate: newGate(), done: make(chan struct{}),
+	s := &Server{disk: disk, opts: opts, conn: conn, gate: newGate(),
 		log: opts.Logger.With("mount", conn.Dir)}
 	if err := s.start(st, conn.Init == nil); err != nil {
 		return nil, err
@@ -114,10 +112,6 @@ func (s *Server) start(st fuse.InitState, fresh bool) error {
 		return fmt.Errorf("blockmap: %w", err)
 	}
 	s.fuse = srv
-	go func() {
-		<-srv.Done()
-		close(s.done)
-	}()
 	// fstat may ask the server (GETATTR of the root), which serves now.
 	var stat unix.Stat_t
 	if err := unix.Fstat(int(s.conn.Root.Fd()), &stat); err != nil {
@@ -133,7 +127,7 @@ func (s *Server) start(st fuse.InitState, fresh bool) error {
 		}
 	}
 	if s.opts.RequestTimeout > 0 {
-		go s.wd.run(s.opts.RequestTimeout, s.done, s.onOverdue)
+		go s.wd.run(s.opts.RequestTimeout, srv.Done(), s.onOverdue)
 	}
 	return nil
 }
@@ -197,7 +191,7 @@ func (s *Server) Drain(ctx context.Context) error {
 }
 
 // Wait blocks until the server stops serving: unmount, abort, or Drain.
-func (s *Server) Wait() { <-s.done }
+func (s *Server) Wait() { <-s.fuse.Done() }
 
 // Close unmounts. With a loop device (or any other user) still holding the
 // file open it returns an error matching ErrBusy and keeps serving, so that
@@ -214,7 +208,7 @@ func (s *Server) Close() error {
 		if err := s.unmount(); err != nil {
 			return err
 		}
-		<-s.done
+		<-s.fuse.Done()
 	}
 	s.closed = true
 	return s.conn.Close()
@@ -249,7 +243,7 @@ func (s *Server) unmount() error {
 // already unmounted the file system.
 func (s *Server) goneAway(err error) bool {
 	select {
-	case <-s.done:
+	case <-s.fuse.Done():
 		return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT)
 	default:
 		return false

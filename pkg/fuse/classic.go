@@ -156,17 +156,7 @@ func (t *Classic) read(p []byte) (int, error) {
 
 // serveOne parses, handles and answers one request.
 func (t *Classic) serveOne(r *classicReader, msg []byte) {
-	err := ParseRequest(msg, &r.req)
-	r.rep.reset(r.req.Header.Unique)
-	if err != nil {
-		t.h.Malformed(&r.req, err, &r.rep)
-		if len(msg) < 16 {
-			return // no unique to answer with
-		}
-	} else {
-		t.h.Handle(&r.req, &r.rep)
-	}
-	head, data, ok := r.rep.Wire()
+	head, data, ok := answer(t.h, msg, &r.req, &r.rep)
 	if !ok {
 		return
 	}
@@ -174,6 +164,23 @@ func (t *Classic) serveOne(r *classicReader, msg []byte) {
 		t.log.Warn("fuse: reply not taken", "unique", r.req.Header.Unique,
 			"opcode", r.req.Header.Opcode, "err", err)
 	}
+}
+
+// answer parses msg (what one read returned) into req, has h answer it
+// into rep and returns the reply to send; ok is false when there is none
+// (FORGET, or a message too short to hold a unique to answer with).
+func answer(h Handler, msg []byte, req *Request, rep *Reply) (head, data []byte, ok bool) {
+	err := ParseRequest(msg, req)
+	rep.reset(req.Header.Unique)
+	if err != nil {
+		h.Malformed(req, err, rep)
+		if len(msg) < 16 {
+			return nil, nil, false
+		}
+	} else {
+		h.Handle(req, rep)
+	}
+	return rep.Wire()
 }
 
 // write sends a reply. ENOENT means the kernel no longer waits for it

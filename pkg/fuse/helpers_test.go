@@ -101,6 +101,13 @@ func (m *memFile) Flush() unix.Errno {
 	return 0
 }
 
+// flushCount is flushes, for a test that reads it while a server runs.
+func (m *memFile) flushCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.flushes
+}
+
 func (m *memFile) Fallocate(off, length int64, mode uint32) unix.Errno {
 	m.mu.Lock()
 	defer m.mu.Unlock()

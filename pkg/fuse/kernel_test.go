@@ -66,10 +66,17 @@ func mountInit(t *testing.T, opts InitOptions) *testConn {
 // server left those would wait for ever.
 func (c *testConn) abortOnFailure(t *testing.T) {
 	t.Cleanup(func() {
-		if t.Failed() && c.id != 0 {
-			os.WriteFile(filepath.Join("/sys/fs/fuse/connections", strconv.FormatUint(c.id, 10), "abort"), []byte("1"), 0) //nolint:errcheck
+		if t.Failed() {
+			c.abort()
 		}
 	})
+}
+
+// abort aborts the connection through fusectl, once its id is known.
+func (c *testConn) abort() {
+	if c.id != 0 {
+		os.WriteFile(filepath.Join("/sys/fs/fuse/connections", strconv.FormatUint(c.id, 10), "abort"), []byte("1"), 0) //nolint:errcheck
+	}
 }
 
 // open opens the file raw (no epoll) and closes it at cleanup, while a
@@ -99,9 +106,7 @@ func (c *testConn) teardown(t *testing.T) {
 	}
 	if err != nil && !errors.Is(err, unix.EINVAL) {
 		t.Errorf("unmount %s: %v (aborting the connection)", c.dir, err)
-		if c.id != 0 {
-			os.WriteFile(filepath.Join("/sys/fs/fuse/connections", strconv.FormatUint(c.id, 10), "abort"), []byte("1"), 0) //nolint:errcheck
-		}
+		c.abort()
 		unix.Unmount(c.dir, unix.MNT_DETACH) //nolint:errcheck
 	}
 	c.dev.Close()
@@ -160,8 +165,8 @@ func TestKernelServe(t *testing.T) {
 	if _, err := wf.Write(want); err != nil {
 		t.Fatalf("write: %v", err)
 	}
-	if err := wf.Close(); err != nil || f.flushes == 0 {
-		t.Fatalf("close: %v, %d flushes", err, f.flushes)
+	if err := wf.Close(); err != nil || f.flushCount() == 0 {
+		t.Fatalf("close: %v, %d flushes", err, f.flushCount())
 	}
 	got, err := os.ReadFile(path)
 	if err != nil || !bytes.Equal(got[:len(want)], want) || len(got) != 1<<20 {

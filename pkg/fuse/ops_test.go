@@ -9,7 +9,8 @@ import (
 )
 
 // exchange runs one wire request through the Server's handler as the
-// classic transport does and returns the reply's header, argument and data.
+// classic transport does (answer) and returns the reply's header, argument
+// and data.
 type exchange struct {
 	srv *Server
 	buf []byte
@@ -34,16 +35,8 @@ type wireReply struct {
 }
 
 func (x *exchange) do(msg []byte) wireReply {
-	req, rep := &x.req, &x.rep
-	rep.Buf = x.buf
-	err := ParseRequest(msg, req)
-	rep.reset(req.Header.Unique)
-	if err != nil {
-		x.srv.Malformed(req, err, rep)
-	} else {
-		x.srv.Handle(req, rep)
-	}
-	head, data, ok := rep.Wire()
+	x.rep.Buf = x.buf
+	head, data, ok := answer(x.srv, msg, &x.req, &x.rep)
 	if !ok {
 		return wireReply{}
 	}

@@ -55,10 +55,16 @@ func (c Config) validate() error {
 	if c.File == nil {
 		return fmt.Errorf("%w: no File", ErrInvalidConfig)
 	}
-	if c.FileName == "" || c.FileName == "." || c.FileName == ".." || strings.ContainsAny(c.FileName, "/\x00") {
+	if !ValidFileName(c.FileName) {
 		return fmt.Errorf("%w: file name %q", ErrInvalidConfig, c.FileName)
 	}
 	return nil
+}
+
+// ValidFileName reports whether name can name the file in the root
+// directory: one path component, neither "." nor "..".
+func ValidFileName(name string) bool {
+	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
 }
 
 // Server serves the fixed namespace (root directory, one file) on an
