@@ -3,10 +3,23 @@
 package testhelp
 
 import (
+	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 )
+
+// Run runs a command and returns its output; a failure fails the test
+// with the output.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
 
 // FreezeFilled writes size bytes of data into the top delta of the
 // detached image dir and freezes it (a snapshot): a merge up of it into

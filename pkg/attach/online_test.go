@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csi-ploop/csi-ploop/internal/testhelp"
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
@@ -118,7 +119,7 @@ func checkSnapshot(t *testing.T, f *fixture, i int, guid string, files []written
 	if err != nil {
 		t.Fatalf("export %s: %v", guid, err)
 	}
-	run(t, "fsck.ext4", "-n", "-f", raw)
+	testhelp.Run(t, "fsck.ext4", "-n", "-f", raw)
 	d, err := loopdev.Attach(f.ctx(), raw, loopdev.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
