@@ -283,10 +283,10 @@ func (v *volume) answers(ctx context.Context) bool {
 func (v *volume) awaitLeaving(srv *server) {
 	ev, err := v.await(srv, leaveWait, attach.KeepBye)
 	switch {
-	case errors.Is(err, errServerGone):
-		v.onEvent(event{err: errServerGone})
-	case err == nil || ev.err != nil:
+	case err == nil: // the bye
 		v.onEvent(ev)
+	case errors.Is(err, errServerGone): // the channel ended, with or without an error event
+		v.onEvent(event{err: err})
 	}
 }
 
