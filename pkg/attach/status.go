@@ -6,6 +6,8 @@ import (
 	"io"
 	"syscall"
 	"time"
+
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 )
 
 // statusRetries bounds how often a status question is asked again after the
@@ -28,7 +30,7 @@ func callStatus(ctx context.Context, rt string) (response, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return response{}, ctxOr(ctx, err)
+			return response{}, unixsock.CtxErr(ctx, err)
 		case <-time.After(delay):
 		}
 		delay *= 2
