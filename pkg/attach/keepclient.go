@@ -80,18 +80,3 @@ func keepOn(conn *unixsock.MsgConn, op, keeper string) (Kept, error) {
 // RuntimeDir is the runtime directory of image directory dir (absolute)
 // under runDir.
 func RuntimeDir(runDir, dir string) string { return runtimeDir(runDir, dir) }
-
-// StatusAt asks the serving process of runtime directory rt (one found by
-// listing runDir, whose image directory is not known yet).
-func StatusAt(ctx context.Context, rt string) (Status, error) {
-	resp, err := call(ctx, rt, request{Op: opStatus})
-	if err != nil {
-		return Status{}, err
-	}
-	if resp.Status == nil {
-		return Status{}, fmt.Errorf("attach: status of %s: empty answer", rt)
-	}
-	st := *resp.Status
-	st.Protocol = resp.Version
-	return st, nil
-}

@@ -3,6 +3,7 @@ package attach
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"syscall"
 	"time"
@@ -35,6 +36,23 @@ func callStatus(ctx context.Context, rt string) (response, error) {
 		}
 		delay *= 2
 	}
+}
+
+// StatusAt asks the serving process of runtime directory rt (one found by
+// listing runDir, whose image directory is not known yet); ErrNotAttached
+// if none answers. A connection lost before the answer is asked again
+// (callStatus).
+func StatusAt(ctx context.Context, rt string) (Status, error) {
+	resp, err := callStatus(ctx, rt)
+	if err != nil {
+		return Status{}, err
+	}
+	if resp.Status == nil {
+		return Status{}, fmt.Errorf("attach: status of %s: empty answer", rt)
+	}
+	st := *resp.Status
+	st.Protocol = resp.Version
+	return st, nil
 }
 
 // lostBeforeAnswer: the server closed or reset the connection without an
