@@ -179,6 +179,20 @@ func (p *plane) volume(dir string) (dataplane.VolumeStatus, bool) {
 	return dataplane.VolumeStatus{}, false
 }
 
+// waitForgotten waits until the supervisor keeps dir no more; what names
+// the volume in the failure.
+func (p *plane) waitForgotten(dir, what string) {
+	p.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := p.volume(dir); !ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("the supervisor still keeps %s", what)
+		}
+	}
+}
+
 // serverPID is the pid of dir's serving process as it answers itself.
 func (p *plane) serverPID(dir string) int {
 	p.t.Helper()
