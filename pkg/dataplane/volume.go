@@ -274,7 +274,7 @@ func (v *volume) answers(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	_, alive, err := v.s.attach.Attached(ctx, v.dir)
-	return alive || (err != nil && ctx.Err() == nil)
+	return alive || (err != nil && !unixsock.CtxEnded(ctx, err))
 }
 
 // awaitLeaving waits up to leaveWait for srv's bye (or its end) and acts

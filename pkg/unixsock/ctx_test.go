@@ -35,4 +35,10 @@ func TestTimeoutAtTheDeadlineIsTheContexts(t *testing.T) {
 	if err := CtxErr(ctx, os.ErrDeadlineExceeded); errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a timeout before the context's deadline became the context's: %v", err)
 	}
+	if !CtxEnded(late, CtxErr(late, os.ErrDeadlineExceeded)) {
+		t.Fatal("a timeout at a passed deadline is not the context's end")
+	}
+	if CtxEnded(late, os.ErrNotExist) || CtxEnded(ctx, CtxErr(ctx, os.ErrDeadlineExceeded)) {
+		t.Fatal("an error of the peer taken for the context's end")
+	}
 }

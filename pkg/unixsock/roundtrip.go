@@ -66,3 +66,10 @@ func CtxErr(ctx context.Context, err error) error {
 	}
 	return err
 }
+
+// CtxEnded reports whether err is ctx's end rather than a failure of the
+// peer: ctx is done, or err is a timeout on ctx's deadline that CtxErr
+// gave ctx's error before ctx's timer marked it done.
+func CtxEnded(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded)
+}
