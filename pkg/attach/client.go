@@ -66,28 +66,23 @@ func (c *Client) Attach(ctx context.Context, dir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if dev, ok, err := c.attached(ctx, rt); err != nil || ok {
+	if dev, ok, err := attachedAt(ctx, rt); err != nil || ok {
 		return dev, err
 	}
 	return c.launcher.Launch(ctx, abs)
 }
 
-// attached asks the server of rt for its device: ok is false when no
-// server answers.
-func (c *Client) attached(ctx context.Context, rt string) (string, bool, error) {
-	return attachedAt(ctx, rt)
-}
-
-// attachedAt is Client.attached without a client.
+// attachedAt asks the server of runtime directory rt for its device: ok
+// is false when no server answers.
 func attachedAt(ctx context.Context, rt string) (string, bool, error) {
-	resp, err := callStatus(ctx, rt)
+	st, err := StatusAt(ctx, rt)
 	if errors.Is(err, ErrNotAttached) {
 		return "", false, nil
 	}
 	if err != nil {
 		return "", false, err
 	}
-	return resp.Status.Device, true, nil
+	return st.Device, true, nil
 }
 
 // Attached reports the device of dir if a server answers for it.
@@ -96,7 +91,7 @@ func (c *Client) Attached(ctx context.Context, dir string) (string, bool, error)
 	if err != nil {
 		return "", false, err
 	}
-	return c.attached(ctx, rt)
+	return attachedAt(ctx, rt)
 }
 
 // Status asks the serving process of dir; ErrNotAttached if none answers.
@@ -105,13 +100,7 @@ func (c *Client) Status(ctx context.Context, dir string) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	resp, err := callStatus(ctx, rt)
-	if err != nil {
-		return Status{}, err
-	}
-	st := *resp.Status
-	st.Protocol = resp.Version
-	return st, nil
+	return StatusAt(ctx, rt)
 }
 
 // Detach detaches dir and stops its serving process. Not attached is

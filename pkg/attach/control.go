@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"net"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/csi-ploop/csi-ploop/pkg/image"
@@ -217,19 +216,6 @@ func call(ctx context.Context, rt string, req request) (response, error) {
 		return resp, remoteError(resp)
 	}
 	return resp, nil
-}
-
-// ctxOr prefers ctx's error (the reason a deadline hit the connection).
-func ctxOr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return err
-}
-
-func noServer(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.ENOENT)
 }
 
 // serveConn answers one request on conn with handle.

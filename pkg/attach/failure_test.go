@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/csi-ploop/csi-ploop/internal/testhelp"
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 )
@@ -26,7 +27,7 @@ func TestKilledServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	run(t, "sync")
+	testhelp.Run(t, "sync")
 	pid := f.status().PID
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -180,12 +181,12 @@ func TestKilledServerKeepsAcknowledgedWrites(t *testing.T) {
 				if err := f.c.Cleanup(ctx, f.dir); err != nil {
 					t.Fatal(err)
 				}
-				run(t, theSuite.binary, "image", "check", "--repair", "--run-dir", theSuite.runDir, f.dir)
+				testhelp.Run(t, theSuite.binary, "image", "check", "--repair", "--run-dir", theSuite.runDir, f.dir)
 			case "merge":
 				if err := f.c.Cleanup(ctx, f.dir); err != nil {
 					t.Fatal(err)
 				}
-				run(t, theSuite.binary, "image", "merge", "--run-dir", theSuite.runDir, f.dir, guid)
+				testhelp.Run(t, theSuite.binary, "image", "merge", "--run-dir", theSuite.runDir, f.dir, guid)
 			}
 			dev := f.attach() // cleans up after the dead server first
 			withDirect(t, dev, unix.O_RDONLY, func(fd int, buf []byte) {

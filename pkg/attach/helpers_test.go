@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csi-ploop/csi-ploop/internal/testhelp"
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 )
@@ -104,14 +105,14 @@ func (f *fixture) mount(dev, fsType string, opts ...string) string {
 	if len(opts) > 0 {
 		args = append(args, "-o", strings.Join(opts, ","))
 	}
-	run(f.t, "mount", append(args, dev, mp)...)
+	testhelp.Run(f.t, "mount", append(args, dev, mp)...)
 	f.t.Cleanup(func() { unmountQuiet(mp) })
 	return mp
 }
 
 func (f *fixture) umount(mp string) {
 	f.t.Helper()
-	run(f.t, "umount", mp)
+	testhelp.Run(f.t, "umount", mp)
 }
 
 func unmountQuiet(mp string) {
@@ -124,21 +125,12 @@ func mkfs(t *testing.T, dev, fsType string) {
 	t.Helper()
 	switch fsType {
 	case "ext4":
-		run(t, "mkfs.ext4", "-q", "-F", dev)
+		testhelp.Run(t, "mkfs.ext4", "-q", "-F", dev)
 	case "xfs":
-		run(t, "mkfs.xfs", "-q", "-f", dev)
+		testhelp.Run(t, "mkfs.xfs", "-q", "-f", dev)
 	default:
 		t.Fatalf("no mkfs for %s", fsType)
 	}
-}
-
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
 }
 
 // writeRandom writes size random bytes (from seed) to path, fsyncs and

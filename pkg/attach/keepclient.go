@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"time"
 
@@ -35,21 +34,20 @@ func Keep(ctx context.Context, runDir, dir string, takeover bool, keeper string)
 	if takeover {
 		op = opHandover
 	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", filepath.Join(rt, socketName))
-	if err != nil {
-		if noServer(err) {
-			return Kept{}, fmt.Errorf("%w: %s: %w", ErrNotAttached, dir, err)
-		}
-		return Kept{}, fmt.Errorf("attach: connect %s: %w", rt, err)
+	c, err := unixsock.Dial(ctx, filepath.Join(rt, socketName))
+	if errors.Is(err, unixsock.ErrNoListener) {
+		return Kept{}, fmt.Errorf("%w: %s: %w", ErrNotAttached, dir, err)
 	}
-	conn := unixsock.NewMsgConn(c.(*net.UnixConn))
+	if err != nil {
+		return Kept{}, fmt.Errorf("attach: %s %s: %w", op, dir, err)
+	}
+	conn := unixsock.NewMsgConn(c)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	k, err := keepOn(conn, op, keeper)
 	if err != nil {
 		conn.Close()
-		return Kept{}, fmt.Errorf("attach: %s %s: %w", op, dir, ctxOr(ctx, err))
+		return Kept{}, fmt.Errorf("attach: %s %s: %w", op, dir, unixsock.CtxErr(ctx, err))
 	}
 	return k, nil
 }
@@ -82,18 +80,3 @@ func keepOn(conn *unixsock.MsgConn, op, keeper string) (Kept, error) {
 // RuntimeDir is the runtime directory of image directory dir (absolute)
 // under runDir.
 func RuntimeDir(runDir, dir string) string { return runtimeDir(runDir, dir) }
-
-// StatusAt asks the serving process of runtime directory rt (one found by
-// listing runDir, whose image directory is not known yet).
-func StatusAt(ctx context.Context, rt string) (Status, error) {
-	resp, err := call(ctx, rt, request{Op: opStatus})
-	if err != nil {
-		return Status{}, err
-	}
-	if resp.Status == nil {
-		return Status{}, fmt.Errorf("attach: status of %s: empty answer", rt)
-	}
-	st := *resp.Status
-	st.Protocol = resp.Version
-	return st, nil
-}

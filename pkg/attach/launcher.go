@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 )
 
 // Launcher starts the serving process of an image directory that no server
@@ -103,7 +105,7 @@ func waitReady(ctx context.Context, rt string, exited <-chan struct{}) (string, 
 	defer t.Stop()
 	for {
 		dev, ok, err := attachedAt(ctx, rt)
-		if ok || (err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded)) {
+		if ok || (err != nil && !unixsock.CtxEnded(ctx, err)) {
 			return dev, err
 		}
 		select {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/csi-ploop/csi-ploop/internal/iocheck"
+	"github.com/csi-ploop/csi-ploop/internal/testhelp"
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 )
@@ -112,32 +113,6 @@ func TestOnlineMergeUnderLoad(t *testing.T) {
 	f.checkImage()
 }
 
-// fillParent writes size bytes of data into the top delta of the detached
-// image and freezes it, so that a merge up of it into the new top copies
-// that much (long enough to be interrupted).
-func fillParent(t *testing.T, dir string, size int64) {
-	t.Helper()
-	img, err := image.OpenDir(dir, image.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4<<20)
-	for i := range buf {
-		buf[i] = byte(i*7 + 1)
-	}
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		if _, err := img.Chain().WriteAt(buf, off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := image.SnapshotDir(dir, image.SnapshotOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // startMerge runs a merge of the image's two deltas (up: the filled parent
 // into the top) in the background and waits until it has copied something.
 func startMerge(t *testing.T, f *fixture) <-chan error {
@@ -172,7 +147,7 @@ func startMerge(t *testing.T, f *fixture) <-chan error {
 // offline completes.
 func TestMergeCancelledByDetach(t *testing.T) {
 	f := newFixture(t, 1<<30)
-	fillParent(t, f.dir, 768<<20)
+	testhelp.FreezeFilled(t, f.dir, 768<<20)
 	before := f.chain()
 	f.attach()
 	done := startMerge(t, f)
@@ -204,7 +179,7 @@ func TestMergeCancelledByDetach(t *testing.T) {
 // on; the merge asked again completes.
 func TestMergeClientGoneCancels(t *testing.T) {
 	f := newFixture(t, 1<<30)
-	fillParent(t, f.dir, 768<<20)
+	testhelp.FreezeFilled(t, f.dir, 768<<20)
 	d := f.chain()
 	f.attach()
 	ctx, cancel := context.WithCancel(context.Background())

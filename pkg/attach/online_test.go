@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csi-ploop/csi-ploop/internal/testhelp"
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
@@ -46,6 +47,16 @@ func (w *loadWriter) run(ctx context.Context, dir string) {
 	}
 }
 
+// startLoad runs a loadWriter on dir until stop, which waits for it to
+// end and returns its error.
+func startLoad(dir string) (w *loadWriter, stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	w = &loadWriter{}
+	ended := make(chan struct{})
+	go func() { defer close(ended); w.run(ctx, dir) }()
+	return w, func() error { cancel(); <-ended; return w.err }
+}
+
 func (w *loadWriter) done() []written {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -62,11 +73,7 @@ func TestOnlineSnapshotUnderLoad(t *testing.T) {
 	mkfs(t, dev, "ext4")
 	mp := f.mount(dev, "ext4")
 
-	ctx, stop := context.WithCancel(context.Background())
-	w := &loadWriter{}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); w.run(ctx, mp) }()
+	w, stop := startLoad(mp)
 	type shot struct {
 		guid   string
 		before []written
@@ -79,17 +86,14 @@ func TestOnlineSnapshotUnderLoad(t *testing.T) {
 		guid, err := f.c.Snapshot(f.ctx(), f.dir, "")
 		if err != nil {
 			stop()
-			wg.Wait()
 			t.Fatalf("snapshot %d: %v", i, err)
 		}
 		t.Logf("snapshot %d: %s in %v, %d files before", i, guid, time.Since(start), len(before))
 		shots = append(shots, shot{guid, before})
 	}
 	time.Sleep(300 * time.Millisecond)
-	stop()
-	wg.Wait()
-	if w.err != nil {
-		t.Fatalf("writer: %v", w.err)
+	if err := stop(); err != nil {
+		t.Fatalf("writer: %v", err)
 	}
 	if st := f.status(); st.Depth != 6 {
 		t.Fatalf("depth %d after 5 snapshots, want 6", st.Depth)
@@ -118,7 +122,7 @@ func checkSnapshot(t *testing.T, f *fixture, i int, guid string, files []written
 	if err != nil {
 		t.Fatalf("export %s: %v", guid, err)
 	}
-	run(t, "fsck.ext4", "-n", "-f", raw)
+	testhelp.Run(t, "fsck.ext4", "-n", "-f", raw)
 	d, err := loopdev.Attach(f.ctx(), raw, loopdev.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
@@ -140,11 +144,7 @@ func TestOldClientSnapshotIsFrozenByTheServer(t *testing.T) {
 	dev := f.attach()
 	mkfs(t, dev, "ext4")
 	mp := f.mount(dev, "ext4")
-	ctx, stop := context.WithCancel(context.Background())
-	w := &loadWriter{}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); w.run(ctx, mp) }()
+	w, stop := startLoad(mp)
 	time.Sleep(300 * time.Millisecond)
 	before := w.done()
 	conn, err := net.Dial("unix", filepath.Join(attach.RuntimeDir(theSuite.runDir, f.dir), "ctl.sock"))
@@ -161,13 +161,12 @@ func TestOldClientSnapshotIsFrozenByTheServer(t *testing.T) {
 		err = json.NewDecoder(conn).Decode(&resp)
 	}
 	conn.Close()
-	stop()
-	wg.Wait()
+	werr := stop()
 	if err != nil || !resp.OK {
 		t.Fatalf("snapshot of a version 1 client: %v %+v", err, resp)
 	}
-	if w.err != nil {
-		t.Fatalf("writer: %v", w.err)
+	if werr != nil {
+		t.Fatalf("writer: %v", werr)
 	}
 	checkSnapshot(t, f, 0, resp.GUID, before)
 }

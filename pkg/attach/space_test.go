@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/csi-ploop/csi-ploop/internal/testhelp"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 	"github.com/csi-ploop/csi-ploop/pkg/loopdev"
 )
@@ -52,8 +53,8 @@ func TestDiscard(t *testing.T) {
 	for i := range 4 {
 		os.Remove(filepath.Join(mp, "big"+string(rune('0'+i))))
 	}
-	run(t, "sync")
-	run(t, "fstrim", mp)
+	testhelp.Run(t, "sync")
+	testhelp.Run(t, "fstrim", mp)
 	after := allocated(t, top)
 	t.Logf("top delta: %d MiB allocated before, %d MiB after fstrim", full>>20, after>>20)
 	if full-after < 200<<20 {
@@ -83,16 +84,16 @@ func TestGrowOnline(t *testing.T) {
 			}
 			switch {
 			case tc.fs == "xfs":
-				run(t, "xfs_growfs", mp)
+				testhelp.Run(t, "xfs_growfs", mp)
 			case hasCapSysResource(t):
-				run(t, "resize2fs", dev)
+				testhelp.Run(t, "resize2fs", dev)
 			default:
 				// ext4's online resize ioctl needs CAP_SYS_RESOURCE,
 				// which this environment withholds: resize offline.
 				t.Log("no CAP_SYS_RESOURCE: ext4 resized offline (device grew online)")
 				f.umount(mp)
-				run(t, "e2fsck", "-f", "-y", dev)
-				run(t, "resize2fs", dev)
+				testhelp.Run(t, "e2fsck", "-f", "-y", dev)
+				testhelp.Run(t, "resize2fs", dev)
 				mp = f.mount(dev, tc.fs)
 			}
 			after := fsSize(t, mp)

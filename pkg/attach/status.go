@@ -3,9 +3,12 @@ package attach
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"syscall"
 	"time"
+
+	"github.com/csi-ploop/csi-ploop/pkg/unixsock"
 )
 
 // statusRetries bounds how often a status question is asked again after the
@@ -28,11 +31,28 @@ func callStatus(ctx context.Context, rt string) (response, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return response{}, ctxOr(ctx, err)
+			return response{}, unixsock.CtxErr(ctx, err)
 		case <-time.After(delay):
 		}
 		delay *= 2
 	}
+}
+
+// StatusAt asks the serving process of runtime directory rt (one found by
+// listing runDir, whose image directory is not known yet); ErrNotAttached
+// if none answers. A connection lost before the answer is asked again
+// (callStatus).
+func StatusAt(ctx context.Context, rt string) (Status, error) {
+	resp, err := callStatus(ctx, rt)
+	if err != nil {
+		return Status{}, err
+	}
+	if resp.Status == nil {
+		return Status{}, fmt.Errorf("attach: status of %s: empty answer", rt)
+	}
+	st := *resp.Status
+	st.Protocol = resp.Version
+	return st, nil
 }
 
 // lostBeforeAnswer: the server closed or reset the connection without an

@@ -55,14 +55,7 @@ func TestCrashLoopEndsInEIO(t *testing.T) {
 		t.Fatalf("I/O after the give-up: %v, want EIO", err)
 	}
 	t.Logf("I/O failed with %v after waiting %v", err, waited)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, ok := p.volume(dir); !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the supervisor still keeps a volume it gave up")
-		}
-	}
+	p.waitForgotten(dir, "a volume it gave up")
 	if log := p.log(); !strings.Contains(log, "giving up on the volume") || !strings.Contains(log, "in a row") {
 		t.Fatalf("the supervisor's log does not say why it gave up:\n%s", log)
 	}

@@ -32,14 +32,7 @@ func TestSupervisedAttachDetach(t *testing.T) {
 	if err := p.attach.Detach(ctx(t), dir); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, ok := p.volume(dir); !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the supervisor still keeps a detached volume")
-		}
-	}
+	p.waitForgotten(dir, "a detached volume")
 }
 
 // TestCrashRecovery: the serving process is killed (-9) five times under a

@@ -18,6 +18,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 
 	"github.com/csi-ploop/csi-ploop/internal/iocheck"
+	"github.com/csi-ploop/csi-ploop/internal/testhelp"
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/dataplane"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
@@ -178,6 +179,20 @@ func (p *plane) volume(dir string) (dataplane.VolumeStatus, bool) {
 	return dataplane.VolumeStatus{}, false
 }
 
+// waitForgotten waits until the supervisor keeps dir no more; what names
+// the volume in the failure.
+func (p *plane) waitForgotten(dir, what string) {
+	p.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := p.volume(dir); !ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("the supervisor still keeps %s", what)
+		}
+	}
+}
+
 // serverPID is the pid of dir's serving process as it answers itself.
 func (p *plane) serverPID(dir string) int {
 	p.t.Helper()
@@ -209,19 +224,10 @@ func (p *plane) mount(dev string) string {
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	run(p.t, "mkfs.ext4", "-q", "-F", dev)
-	run(p.t, "mount", "-t", "ext4", dev, mp)
+	testhelp.Run(p.t, "mkfs.ext4", "-q", "-F", dev)
+	testhelp.Run(p.t, "mount", "-t", "ext4", dev, mp)
 	p.t.Cleanup(func() { syscall.Unmount(mp, syscall.MNT_DETACH) })
 	return mp
-}
-
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
 }
 
 // cleanup detaches every image (the servers outlive the supervisor), stops

@@ -5,44 +5,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/csi-ploop/csi-ploop/internal/testhelp"
 	"github.com/csi-ploop/csi-ploop/pkg/attach"
 	"github.com/csi-ploop/csi-ploop/pkg/image"
 )
-
-// frozenData writes size bytes into the top delta of the detached image
-// dir and freezes it: merging it up into the new top copies that much,
-// long enough for a hand-over to come in the middle.
-func frozenData(t *testing.T, dir string, size int64) []string {
-	t.Helper()
-	img, err := image.OpenDir(dir, image.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4<<20)
-	for i := range buf {
-		buf[i] = byte(i*13 + 5)
-	}
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		if _, err := img.Chain().WriteAt(buf, off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := image.SnapshotDir(dir, image.SnapshotOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	desc, err := image.ReadDescriptor(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := desc.ChainFiles(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return files
-}
 
 // TestMergeCancelledByHandover: a hand-over does not wait for a merge that
 // runs for a long time: the old server cancels it (its caller gets
@@ -52,7 +18,7 @@ func frozenData(t *testing.T, dir string, size int64) []string {
 func TestMergeCancelledByHandover(t *testing.T) {
 	p := newPlane(t)
 	dir := p.image("img", 1<<30)
-	d := frozenData(t, dir, 768<<20)
+	d := testhelp.FreezeFilled(t, dir, 768<<20)
 	dev := p.attachImage(dir)
 	w := writer(t, dev, 64<<20, false)
 	pid := p.serverPID(dir)

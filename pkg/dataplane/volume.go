@@ -274,7 +274,7 @@ func (v *volume) answers(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	_, alive, err := v.s.attach.Attached(ctx, v.dir)
-	return alive || (err != nil && ctx.Err() == nil)
+	return alive || (err != nil && !unixsock.CtxEnded(ctx, err))
 }
 
 // awaitLeaving waits up to leaveWait for srv's bye (or its end) and acts
@@ -283,10 +283,10 @@ func (v *volume) answers(ctx context.Context) bool {
 func (v *volume) awaitLeaving(srv *server) {
 	ev, err := v.await(srv, leaveWait, attach.KeepBye)
 	switch {
-	case errors.Is(err, errServerGone):
-		v.onEvent(event{err: errServerGone})
-	case err == nil || ev.err != nil:
+	case err == nil: // the bye
 		v.onEvent(ev)
+	case errors.Is(err, errServerGone): // the channel ended, with or without an error event
+		v.onEvent(event{err: err})
 	}
 }
 

@@ -21,18 +21,24 @@ func (lateCtx) Err() error                  { return nil }
 // without a passed deadline, stay what they are.
 func TestTimeoutAtTheDeadlineIsTheContexts(t *testing.T) {
 	late := lateCtx{context.Background()}
-	if err := ctxOr(late, os.ErrDeadlineExceeded); !errors.Is(err, context.DeadlineExceeded) {
+	if err := CtxErr(late, os.ErrDeadlineExceeded); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("timeout at a passed deadline: %v, want context.DeadlineExceeded", err)
 	}
-	if err := ctxOr(late, os.ErrNotExist); errors.Is(err, context.DeadlineExceeded) {
+	if err := CtxErr(late, os.ErrNotExist); errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("another error became the context's: %v", err)
 	}
-	if err := ctxOr(context.Background(), os.ErrDeadlineExceeded); errors.Is(err, context.DeadlineExceeded) {
+	if err := CtxErr(context.Background(), os.ErrDeadlineExceeded); errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a timeout without a context deadline became the context's: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	if err := ctxOr(ctx, os.ErrDeadlineExceeded); errors.Is(err, context.DeadlineExceeded) {
+	if err := CtxErr(ctx, os.ErrDeadlineExceeded); errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a timeout before the context's deadline became the context's: %v", err)
+	}
+	if !CtxEnded(late, CtxErr(late, os.ErrDeadlineExceeded)) {
+		t.Fatal("a timeout at a passed deadline is not the context's end")
+	}
+	if CtxEnded(late, os.ErrNotExist) || CtxEnded(ctx, CtxErr(ctx, os.ErrDeadlineExceeded)) {
+		t.Fatal("an error of the peer taken for the context's end")
 	}
 }
