@@ -161,15 +161,35 @@ func (s *Server) Quiesce(ctx context.Context, fn func() error) error {
 }
 
 // wake makes one request on the connection (statfs is never cached), for
-// Drain: each reader asleep in read(2) needs one to return.
+// Drain: each reader asleep in read(2) needs one to return. The request
+// may be answered only by the successor, after Drain has returned and
+// Close has released conn.Root: it goes through a duplicate of the root
+// descriptor, taken under rootMu and owned by this call.
 func (s *Server) wake() error {
+	fd, err := s.dupRoot()
+	if err != nil {
+		return err
+	}
+	var st unix.Statfs_t
+	if fd < 0 {
+		return unix.Statfs(s.conn.Dir, &st)
+	}
+	defer unix.Close(fd)
+	return unix.Fstatfs(fd, &st)
+}
+
+// dupRoot duplicates conn.Root (-1 when there is none).
+func (s *Server) dupRoot() (int, error) {
 	s.rootMu.RLock()
 	defer s.rootMu.RUnlock()
-	var st unix.Statfs_t
-	if s.conn.Root != nil {
-		return unix.Fstatfs(int(s.conn.Root.Fd()), &st)
+	if s.conn.Root == nil {
+		return -1, nil
 	}
-	return unix.Statfs(s.conn.Dir, &st)
+	fd, err := unix.FcntlInt(s.conn.Root.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("blockmap: duplicate the root descriptor: %w", err)
+	}
+	return fd, nil
 }
 
 // Drain stops serving for a hand-over: requests in flight are answered,
@@ -211,6 +231,8 @@ func (s *Server) Close() error {
 		<-s.fuse.Done()
 	}
 	s.closed = true
+	s.rootMu.Lock() // lock order: closeMu, then rootMu
+	defer s.rootMu.Unlock()
 	return s.conn.Close()
 }
 

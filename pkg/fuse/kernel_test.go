@@ -132,9 +132,11 @@ func (c *testConn) serve(t *testing.T, f File) *Server {
 	return s
 }
 
+// wake statfs's the mount by path, not through c.root: a Drain's last
+// wake may outlive the Drain and teardown closes c.root (a race).
 func (c *testConn) wake() error {
 	var st unix.Statfs_t
-	return unix.Fstatfs(int(c.root.Fd()), &st)
+	return unix.Statfs(c.dir, &st)
 }
 
 func (c *testConn) waiting(t *testing.T) int {
