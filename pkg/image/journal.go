@@ -225,13 +225,6 @@ func (j *PendingJournal) add(vc, entry uint32, parity uint64) bool {
 	return true
 }
 
-// full reports whether an add would fail now.
-func (j *PendingJournal) full() bool {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.word(offCount).Load() >= j.capacity()
-}
-
 // commit drops the entries of the epoch with parity, now in the BAT on
 // disk. Kept entries move down in order, so that a crash halfway leaves
 // each one at least once (duplicates, and entries already in the BAT, are
