@@ -66,9 +66,9 @@ func applyEntries(d *Delta, entries []JournalEntry) (int, error) {
 	}
 	cs := d.h.ClusterSize()
 	used := newBitmap(size/cs + 1)
-	onDisk := map[uint32]bool{}
+	onDisk := newBitmap(int64(d.h.BATEntries)) // by virtual cluster
 	err = d.forEachEntry(func(vc, entry uint32) error {
-		onDisk[vc] = true
+		onDisk.testAndSet(int64(vc))
 		if d.entryError(vc, entry, size) == nil {
 			used.testAndSet(d.h.clusterOffset(entry) / cs)
 		}
@@ -83,7 +83,7 @@ func applyEntries(d *Delta, entries []JournalEntry) (int, error) {
 	}
 	vcs := make([]uint32, 0, len(last))
 	for vc, entry := range last {
-		if vc >= d.h.BATEntries || onDisk[vc] || d.entryError(vc, entry, size) != nil ||
+		if vc >= d.h.BATEntries || onDisk.test(int64(vc)) || d.entryError(vc, entry, size) != nil ||
 			used.testAndSet(d.h.clusterOffset(entry)/cs) {
 			continue
 		}
