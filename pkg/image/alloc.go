@@ -53,7 +53,9 @@ func (c *Chain) fillCluster(top *Delta, off int64, p []byte, inner int64, below 
 			return err
 		}
 	}
-	all := slices.Clone(data)
+	// data and p, plus the two ends below: one allocation, and a slice of
+	// its own (coalesce reorders it; data is read again below).
+	all := append(make([]span, 0, len(data)+3), data...)
 	if len(p) > 0 {
 		all = append(all, c.roundOut(pw))
 	}
@@ -131,11 +133,10 @@ func subtract(s, cut span) []span {
 }
 
 // coalesce sorts spans and merges those that overlap or lie less than gap
-// apart.
+// apart, in place: it reuses (and reorders) the caller's slice.
 func coalesce(spans []span, gap int64) []span {
-	spans = slices.Clone(spans)
 	slices.SortFunc(spans, func(a, b span) int { return int(a.lo - b.lo) })
-	var out []span
+	out := spans[:0]
 	for _, s := range spans {
 		if n := len(out); n > 0 && s.lo-out[n-1].hi <= gap {
 			out[n-1].hi = max(out[n-1].hi, s.hi)
