@@ -108,13 +108,17 @@ func mergePair(desc *Descriptor, dir, guid string) (parent, child DescImage, err
 	return chain[i], chain[i+1], nil
 }
 
-func refuseShared(shared func(string) (bool, error), path, what string) error {
-	is, err := shared(filepath.Clean(path))
-	if err != nil {
-		return fmt.Errorf("is %s shared: %w", path, err)
-	}
-	if is {
-		return fmt.Errorf("%w: %s would be %s, but another chain references it", ErrShared, path, what)
+// refuseShared fails with ErrShared if a merge of the pair would change a
+// delta another chain references.
+func refuseShared(shared func(string) (bool, error), parentPath, childPath string) error {
+	for _, path := range []string{parentPath, childPath} {
+		is, err := shared(filepath.Clean(path))
+		if err != nil {
+			return fmt.Errorf("is %s shared: %w", path, err)
+		}
+		if is {
+			return fmt.Errorf("%w: %s would be changed by a merge, but another chain references it", ErrShared, path)
+		}
 	}
 	return nil
 }

@@ -58,10 +58,8 @@ func withLockedDir(dir string, fsys *FS, shared *func(string) (bool, error), fn 
 // The caller holds the image lock.
 func mergeInDir(ctx context.Context, dir string, desc *Descriptor, parent, child DescImage, opts PairMergeOptions) (MergeStats, error) {
 	parentPath, childPath := resolve(dir, parent.File), resolve(dir, child.File)
-	for _, p := range []string{parentPath, childPath} {
-		if err := refuseShared(opts.Shared, p, "changed by a merge"); err != nil {
-			return MergeStats{}, err
-		}
+	if err := refuseShared(opts.Shared, parentPath, childPath); err != nil {
+		return MergeStats{}, err
 	}
 	st, err := mergeFiles(ctx, opts.FS, parentPath, childPath, opts)
 	if err != nil {
@@ -104,10 +102,8 @@ func MergeDeltaFiles(ctx context.Context, parentPath, childPath string, opts Pai
 	if opts.Shared == nil {
 		opts.Shared = func(string) (bool, error) { return false, nil }
 	}
-	for _, p := range []string{parentPath, childPath} {
-		if err := refuseShared(opts.Shared, p, "changed by a merge"); err != nil {
-			return MergeStats{}, err
-		}
+	if err := refuseShared(opts.Shared, parentPath, childPath); err != nil {
+		return MergeStats{}, err
 	}
 	return mergeFiles(ctx, opts.FS, filepath.Clean(parentPath), filepath.Clean(childPath), opts)
 }

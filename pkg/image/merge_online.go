@@ -56,10 +56,8 @@ func (c *Chain) Merge(ctx context.Context, parentPath, childPath string, opts Pa
 	if err != nil {
 		return MergeStats{}, err
 	}
-	for _, p := range []string{parentPath, childPath} {
-		if err := refuseShared(opts.Shared, p, "changed by a merge"); err != nil {
-			return MergeStats{}, err
-		}
+	if err := refuseShared(opts.Shared, parentPath, childPath); err != nil {
+		return MergeStats{}, err
 	}
 	dir, total, err := c.chooseOnline(parentPath, childPath, isTop, opts.Direction)
 	if err != nil {
