@@ -240,27 +240,15 @@ func (p *pairCopy) endBatch() error {
 // rounded out to the direct-I/O alignment, relative to off.
 func clusterData(f File, off, cs int64) ([]span, error) {
 	var out []span
-	end := off + cs
-	for pos := off; pos < end; {
-		start, stop, err := f.Data(pos, end)
-		if err != nil {
-			return nil, err
-		}
-		if start >= end {
-			break
-		}
-		if stop <= start {
-			stop = end
-		}
-		s := span{(start - off) / directAlign * directAlign, min(cs, (stop-off+directAlign-1)/directAlign*directAlign)}
+	err := forEachData(f, off, off+cs, func(start, stop int64) {
+		s := roundOut(span{start - off, stop - off}, cs)
 		if n := len(out); n > 0 && s.lo <= out[n-1].hi {
 			out[n-1].hi = max(out[n-1].hi, s.hi)
 		} else {
 			out = append(out, s)
 		}
-		pos = stop
-	}
-	return out, nil
+	})
+	return out, err
 }
 
 // gaps returns the parts of [0, cs) that data (sorted, disjoint) leaves out.
