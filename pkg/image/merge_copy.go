@@ -3,6 +3,7 @@ package image
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -86,6 +87,30 @@ func (p *pairCopy) run() error {
 		p.progress(p.total, p.total)
 	}
 	return err
+}
+
+// copyFiles runs p from the delta file srcPath into dstPath, opened
+// writable and prepared (prepareTarget); if the copy succeeds, keep (if
+// not nil) is called with the destination before it is closed.
+func copyFiles(fsys FS, p *pairCopy, srcPath, dstPath string, keep func(dst *Delta) error) error {
+	src, err := openDelta(fsys, srcPath, false)
+	if err != nil {
+		return err
+	}
+	defer src.close(true)
+	dst, err := openDelta(fsys, dstPath, true)
+	if err != nil {
+		return err
+	}
+	p.src, p.dst = src, dst
+	err = prepareTarget(p)
+	if err == nil {
+		err = p.run()
+	}
+	if err == nil && keep != nil {
+		err = keep(dst)
+	}
+	return errors.Join(err, dst.close(!errors.Is(err, ErrSyncFailed)))
 }
 
 // report calls the progress callback, if any, with the clusters processed.

@@ -2,7 +2,6 @@ package image
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -127,22 +126,10 @@ func mergeFiles(ctx context.Context, fsys FS, parentPath, childPath string, opts
 	if dir == MergeUp {
 		st.Kept, st.Dropped, srcPath = childPath, parentPath, parentPath
 	}
-	src, err := openDelta(fsys, srcPath, false)
-	if err != nil {
-		return st, err
-	}
-	defer src.close(true)
-	dst, err := openDelta(fsys, st.Kept, true)
-	if err != nil {
-		return st, err
-	}
-	p := &pairCopy{ctx: ctx, src: src, dst: dst, down: dir == MergeDown, progress: opts.Progress, total: total}
-	err = prepareTarget(p)
-	if err == nil {
-		err = p.run()
-	}
+	p := &pairCopy{ctx: ctx, down: dir == MergeDown, progress: opts.Progress, total: total}
+	err = copyFiles(fsys, p, srcPath, st.Kept, nil)
 	st.BytesCopied, st.Duration = p.copied, time.Since(start)
-	return st, errors.Join(err, dst.close(!errors.Is(err, ErrSyncFailed)))
+	return st, err
 }
 
 // chooseFiles reads the BATs to resolve the direction and its cost.

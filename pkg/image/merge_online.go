@@ -145,26 +145,16 @@ func (m *onlineMerge) frozen() error {
 	if err := recoverDirtyTop(fsys, dstPath); err != nil { // a merge a crash cut short
 		return err
 	}
-	src, err := openDelta(fsys, srcPath, false)
-	if err != nil {
-		return err
-	}
-	defer src.close(true)
-	dst, err := openDelta(fsys, dstPath, true)
-	if err != nil {
-		return err
-	}
-	p := &pairCopy{ctx: m.ctx, src: src, dst: dst, down: m.down, progress: m.progress, total: m.total}
-	err = prepareAlloc(dst)
-	if err == nil {
-		err = p.run()
-	}
-	m.copied = p.copied
+	// chooseOnline refused a down merge into a smaller parent: prepareTarget
+	// does not grow it.
+	p := &pairCopy{ctx: m.ctx, down: m.down, progress: m.progress, total: m.total}
 	var kept []uint32
-	if err == nil {
+	err := copyFiles(fsys, p, srcPath, dstPath, func(dst *Delta) (err error) {
 		kept, err = readWholeBAT(dst)
-	}
-	if err := errors.Join(err, dst.close(!errors.Is(err, ErrSyncFailed))); err != nil {
+		return err
+	})
+	m.copied = p.copied
+	if err != nil {
 		return err
 	}
 	return m.switchOver(kept, func() error { return m.checkCopied(kept) })
