@@ -185,9 +185,13 @@ func (img *Image) openChain(readOnly bool) (*Chain, error) {
 			return nil, err
 		}
 	}
-	c, err := OpenChain(files, ChainOptions{FS: img.fs, ReadOnly: readOnly, Journal: img.journal})
+	// Not ChainOptions.Journal: that would replay the journal a second time.
+	c, err := OpenChain(files, ChainOptions{FS: img.fs, ReadOnly: readOnly})
 	if err != nil {
 		return nil, err
+	}
+	if !readOnly && img.journal != nil {
+		c.bindJournal(img.journal)
 	}
 	if c.Size() != img.desc.Size() && !readOnly {
 		// A crash between growing the delta and rewriting the descriptor: the
