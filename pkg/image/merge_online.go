@@ -157,7 +157,7 @@ func (m *onlineMerge) frozen() error {
 	if err != nil {
 		return err
 	}
-	return m.switchOver(kept, func() error { return m.checkCopied(kept) })
+	return m.switchOver(kept, nil, func() error { return m.checkCopied(kept) })
 }
 
 // readWholeBAT reads a delta's BAT (4 bytes per virtual cluster: what the
@@ -173,13 +173,21 @@ func readWholeBAT(d *Delta) ([]uint32, error) {
 // complete and durable), calls record, and only then changes the chain
 // (nothing to undo if record fails). kept is the kept delta's BAT (nil
 // when the kept delta is the top: its entries are in the cluster map).
-func (m *onlineMerge) switchOver(kept []uint32, prepare func() error) error {
+// newTop, if not nil, is the parent's writable handle that replaces both
+// deltas of the pair as the top (the top merged down, merge_topdown.go).
+// The deltas that leave the chain are closed once I/O resumed: the files
+// are the caller's to remove.
+func (m *onlineMerge) switchOver(kept []uint32, newTop *Delta, prepare func() error) error {
 	c := m.c
+	var dropped []*Delta
 	asked := time.Now()
 	c.mu.Lock()
 	defer func() {
 		c.mu.Unlock()
 		m.pause = time.Since(asked)
+		for _, d := range dropped {
+			_ = d.close(true)
+		}
 	}()
 	if err := m.checkShape(); err != nil {
 		return err
@@ -187,9 +195,10 @@ func (m *onlineMerge) switchOver(kept []uint32, prepare func() error) error {
 	if err := prepare(); err != nil {
 		return err
 	}
+	drop := m.droppedLevel()
 	newPaths := make([]string, 0, len(c.deltas)-1)
 	for i, d := range c.deltas {
-		if i != m.droppedLevel() {
+		if i != drop {
 			newPaths = append(newPaths, d.path)
 		}
 	}
@@ -199,9 +208,16 @@ func (m *onlineMerge) switchOver(kept []uint32, prepare func() error) error {
 		}
 	}
 	m.remap(kept)
-	dropped := c.deltas[m.droppedLevel()]
-	c.deltas = append(c.deltas[:m.droppedLevel():m.droppedLevel()], c.deltas[m.droppedLevel()+1:]...)
-	_ = dropped.close(true) // read-only: nothing to lose; the file is the caller's to remove
+	if newTop != nil {
+		dropped = []*Delta{c.deltas[m.level], c.deltas[drop]}
+		c.deltas = append(c.deltas[:m.level:m.level], newTop)
+		if c.journal != nil { // empty (prepare committed): now for the new top
+			c.bindJournal(c.journal)
+		}
+		return nil
+	}
+	dropped = []*Delta{c.deltas[drop]}
+	c.deltas = append(c.deltas[:drop:drop], c.deltas[drop+1:]...)
 	return nil
 }
 
@@ -318,7 +334,7 @@ func (m *onlineMerge) intoTop() error {
 		m.total = max(m.total, m.copied)
 		m.progress(m.total, m.total)
 	}
-	return m.switchOver(nil, m.finalPass)
+	return m.switchOver(nil, nil, m.finalPass)
 }
 
 // copyUp gives the top its own copy of vc if the chain reads vc from the
