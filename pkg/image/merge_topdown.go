@@ -37,7 +37,7 @@ const (
 // per chunk of clusters where writes land. Safe for concurrent use.
 type dirtySet struct {
 	unit   int64 // bytes per bit
-	chunks []atomic.Pointer[[1 << chunkShift]atomic.Uint64]
+	chunks []atomic.Pointer[mapChunk]
 }
 
 type dirtyCluster struct {
@@ -47,7 +47,7 @@ type dirtyCluster struct {
 
 func newDirtySet(clusters uint32, cs int64) *dirtySet {
 	n := (uint64(clusters) + 1<<chunkShift - 1) >> chunkShift
-	return &dirtySet{unit: max(directAlign, cs/64), chunks: make([]atomic.Pointer[[1 << chunkShift]atomic.Uint64], n)}
+	return &dirtySet{unit: max(directAlign, cs/64), chunks: make([]atomic.Pointer[mapChunk], n)}
 }
 
 func (d *dirtySet) word(vc uint32, alloc bool) *atomic.Uint64 {
@@ -60,7 +60,7 @@ func (d *dirtySet) word(vc uint32, alloc bool) *atomic.Uint64 {
 		if !alloc {
 			return nil
 		}
-		d.chunks[i].CompareAndSwap(nil, new([1 << chunkShift]atomic.Uint64))
+		d.chunks[i].CompareAndSwap(nil, new(mapChunk))
 		ch = d.chunks[i].Load()
 	}
 	return &ch[vc&(1<<chunkShift-1)]
