@@ -230,7 +230,7 @@ func (c *deltaChecker) unshare(shared []uint32, end *int64) error {
 		if _, err := c.d.f.ReadAt(buf, c.d.h.clusterOffset(entry)); err != nil {
 			return err
 		}
-		if err := c.d.putCluster(vc, 0, buf); err != nil {
+		if err := c.d.putNewCluster(vc, buf); err != nil {
 			return err
 		}
 		*end = c.d.next
@@ -300,4 +300,20 @@ func (c *deltaChecker) trim(end int64) error {
 	}
 	c.add(SevWarning, c.repair, "%d bytes past the last allocated cluster are unused (leaked)", size-end)
 	return nil
+}
+
+// putNewCluster writes a whole cluster for vc into a new cluster, synced
+// before its BAT entry.
+func (d *Delta) putNewCluster(vc uint32, data []byte) error {
+	off, entry, err := d.allocate()
+	if err != nil {
+		return err
+	}
+	if _, err := d.f.WriteAt(data, off); err != nil {
+		return err
+	}
+	if err := d.sync(); err != nil {
+		return err
+	}
+	return d.setEntry(vc, entry)
 }

@@ -126,26 +126,6 @@ func refuseShared(shared func(string) (bool, error), parentPath, childPath strin
 // ErrNotFound means a named snapshot or image does not exist.
 var ErrNotFound = errors.New("not found")
 
-// putCluster writes a whole cluster for vc: in place when the delta holds it
-// (entry != 0), else into a new cluster synced before its BAT entry.
-func (d *Delta) putCluster(vc, entry uint32, data []byte) error {
-	if entry != 0 {
-		_, err := d.f.WriteAt(data, d.h.clusterOffset(entry))
-		return err
-	}
-	off, entry, err := d.allocate()
-	if err != nil {
-		return err
-	}
-	if _, err := d.f.WriteAt(data, off); err != nil {
-		return err
-	}
-	if err := d.sync(); err != nil {
-		return err
-	}
-	return d.setEntry(vc, entry)
-}
-
 // withoutMerged returns a copy of the descriptor where the pair's kept
 // file has replaced both: child's image entry carries keptFile (parent's
 // file after a down merge, its own after an up merge) and parent's entry
