@@ -231,6 +231,22 @@ func recoverDirtyTop(fsys FS, top string) error {
 	return err
 }
 
+// withDirLock takes the image lock of the closed image directory dir
+// (ErrBusy when it is open elsewhere), reads the descriptor and runs fn;
+// the lock is held from before the read to the end.
+func withDirLock(fsys FS, dir string, fn func(desc *Descriptor) error) error {
+	img := &Image{Dir: dir, fs: fsys}
+	if err := img.takeLock(); err != nil {
+		return err
+	}
+	defer img.unlock()
+	desc, err := readDescriptor(fsys, dir)
+	if err != nil {
+		return err
+	}
+	return fn(desc)
+}
+
 func (img *Image) takeLock() error {
 	if _, ok := img.fs.(onDisk); !ok {
 		return nil // test file systems live in one process

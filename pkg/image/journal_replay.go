@@ -127,18 +127,11 @@ func (c *Chain) bindJournal(j *PendingJournal) {
 // j is left empty.
 func ReplayJournalDir(dir string, j *PendingJournal) error {
 	fsys := NewOSFS(false)
-	img := &Image{Dir: dir, fs: fsys}
-	if err := img.takeLock(); err != nil {
-		return err
-	}
-	defer img.unlock()
-	desc, err := readDescriptor(fsys, dir)
-	if err != nil {
-		return err
-	}
-	files, err := desc.ChainFiles(dir)
-	if err != nil {
-		return err
-	}
-	return replayJournal(fsys, files[len(files)-1], j)
+	return withDirLock(fsys, dir, func(desc *Descriptor) error {
+		files, err := desc.ChainFiles(dir)
+		if err != nil {
+			return err
+		}
+		return replayJournal(fsys, files[len(files)-1], j)
+	})
 }

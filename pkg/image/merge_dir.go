@@ -41,16 +41,7 @@ func withLockedDir(dir string, fsys *FS, shared *func(string) (bool, error), fn 
 	if *shared == nil {
 		*shared = SharedOutside(dir)
 	}
-	img := &Image{Dir: dir, fs: *fsys}
-	if err := img.takeLock(); err != nil {
-		return err
-	}
-	defer img.unlock()
-	desc, err := readDescriptor(*fsys, dir)
-	if err != nil {
-		return err
-	}
-	return fn(dir, desc)
+	return withDirLock(*fsys, dir, func(desc *Descriptor) error { return fn(dir, desc) })
 }
 
 // mergeInDir copies, then commits the descriptor without the dropped delta.
