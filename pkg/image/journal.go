@@ -171,7 +171,7 @@ func (j *PendingJournal) load(top FileIdentity, cs int64) ([]JournalEntry, strin
 	h, entries, err := DecodeJournal(j.mem)
 	switch {
 	case err != nil:
-		if isZero(j.mem[:journalHeaderSize]) {
+		if allZero(j.mem[:journalHeaderSize]) {
 			return nil, "" // a fresh file
 		}
 		return nil, err.Error()
@@ -272,13 +272,4 @@ func (j *PendingJournal) Close() error {
 	err := j.release()
 	j.release, j.mem = nil, nil
 	return err
-}
-
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
