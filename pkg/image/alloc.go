@@ -53,9 +53,11 @@ func (c *Chain) fillCluster(top *Delta, off int64, p []byte, inner int64, below 
 			return err
 		}
 	}
-	all := slices.Clone(data)
+	// data and p, plus the two ends below: one allocation, and a slice of
+	// its own (coalesce reorders it; data is read again below).
+	all := append(make([]span, 0, len(data)+3), data...)
 	if len(p) > 0 {
-		all = append(all, c.roundOut(pw))
+		all = append(all, roundOut(pw, c.cs))
 	}
 	if len(all) == 0 {
 		return nil // an empty cluster: hides the lower one (discard)
@@ -91,28 +93,40 @@ func (c *Chain) fillCluster(top *Delta, off int64, p []byte, inner int64, below 
 // data, minus pw, each rounded out to the direct-I/O alignment.
 func (c *Chain) lowerData(lower *Delta, src int64, pw span) ([]span, error) {
 	var out []span
-	end := src + c.cs
-	for pos := src; pos < end; {
-		start, stop, err := lower.f.Data(pos, end)
-		if err != nil {
-			return nil, fmt.Errorf("find data in %s: %w", lower.path, err)
-		}
-		if start >= end {
-			break
-		}
-		if stop <= start { // a file system answering nonsense: take the rest as data
-			stop = end
-		}
+	err := forEachData(lower.f, src, src+c.cs, func(start, stop int64) {
 		for _, s := range subtract(span{start - src, stop - src}, pw) {
-			out = append(out, c.roundOut(s))
+			out = append(out, roundOut(s, c.cs))
 		}
-		pos = stop
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find data in %s: %w", lower.path, err)
 	}
 	return out, nil
 }
 
-func (c *Chain) roundOut(s span) span {
-	return span{s.lo / directAlign * directAlign, min(c.cs, (s.hi+directAlign-1)/directAlign*directAlign)}
+// forEachData calls fn(start, stop) for each extent of [lo, hi) that may
+// hold data (File.Data), in order.
+func forEachData(f File, lo, hi int64, fn func(start, stop int64)) error {
+	for pos := lo; pos < hi; {
+		start, stop, err := f.Data(pos, hi)
+		if err != nil {
+			return err
+		}
+		if start >= hi {
+			break
+		}
+		if stop <= start { // a file system answering nonsense: take the rest as data
+			stop = hi
+		}
+		fn(start, stop)
+		pos = stop
+	}
+	return nil
+}
+
+// roundOut widens s to the direct-I/O alignment, inside a cluster of cs.
+func roundOut(s span, cs int64) span {
+	return span{s.lo / directAlign * directAlign, min(cs, (s.hi+directAlign-1)/directAlign*directAlign)}
 }
 
 // subtract returns s minus cut (zero, one or two spans).
@@ -131,11 +145,10 @@ func subtract(s, cut span) []span {
 }
 
 // coalesce sorts spans and merges those that overlap or lie less than gap
-// apart.
+// apart, in place: it reuses (and reorders) the caller's slice.
 func coalesce(spans []span, gap int64) []span {
-	spans = slices.Clone(spans)
 	slices.SortFunc(spans, func(a, b span) int { return int(a.lo - b.lo) })
-	var out []span
+	out := spans[:0]
 	for _, s := range spans {
 		if n := len(out); n > 0 && s.lo-out[n-1].hi <= gap {
 			out[n-1].hi = max(out[n-1].hi, s.hi)

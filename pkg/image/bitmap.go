@@ -23,3 +23,22 @@ func (b bitmap) test(i int64) bool {
 	}
 	return b[i/64]&(1<<(i%64)) != 0
 }
+
+// unsetRuns calls fn(lo, hi) for each maximal run [lo, hi) of unset bits in
+// [first, end), in order.
+func (b bitmap) unsetRuns(first, end int64, fn func(lo, hi int64) error) error {
+	for i := first; i < end; {
+		if b.test(i) {
+			i++
+			continue
+		}
+		lo := i
+		for i < end && !b.test(i) {
+			i++
+		}
+		if err := fn(lo, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}

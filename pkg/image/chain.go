@@ -312,17 +312,15 @@ func (c *Chain) note(err error) error {
 	return err
 }
 
+// writeCluster writes p at inner into cluster vc, which the top did not
+// hold when WriteAt looked it up (runs), allocating it under vc's stripe.
 func (c *Chain) writeCluster(p []byte, vc uint32, inner int64) error {
 	top := c.top()
-	topLevel := len(c.deltas) - 1
-	if loc, ok := c.m.get(vc); ok && loc.level == topLevel {
-		return writeDelta(top, p, top.h.clusterOffset(loc.entry)+inner)
-	}
 	stripe := &c.stripes[vc%uint32(len(c.stripes))]
 	stripe.Lock()
 	defer stripe.Unlock()
 	loc, ok := c.m.get(vc)
-	if ok && loc.level == topLevel { // allocated while we waited
+	if ok && loc.level == len(c.deltas)-1 { // allocated since the lookup
 		return writeDelta(top, p, top.h.clusterOffset(loc.entry)+inner)
 	}
 	return c.allocateAndWrite(top, vc, p, inner, loc, ok)

@@ -230,7 +230,7 @@ func (c *deltaChecker) unshare(shared []uint32, end *int64) error {
 		if _, err := c.d.f.ReadAt(buf, c.d.h.clusterOffset(entry)); err != nil {
 			return err
 		}
-		if err := c.d.putCluster(vc, 0, buf); err != nil {
+		if err := c.d.putNewCluster(vc, buf); err != nil {
 			return err
 		}
 		*end = c.d.next
@@ -260,26 +260,22 @@ func (c *deltaChecker) punchUnused(used bitmap, end int64) error {
 	}
 	cs := h.ClusterSize()
 	leaked := 0
-	for pc := (h.DataStart() + cs - 1) / cs; pc < end/cs; {
-		if used.test(pc) {
-			pc++
-			continue
-		}
-		run := pc
-		for pc < end/cs && !used.test(pc) {
-			pc++
-		}
-		holes, err := holeClusters(c.d.f, run*cs, pc*cs, cs)
+	err := used.unsetRuns((h.DataStart()+cs-1)/cs, end/cs, func(lo, hi int64) error {
+		holes, err := holeClusters(c.d.f, lo*cs, hi*cs, cs)
 		if err != nil {
 			return err
 		}
-		leaked += int(pc-run) - len(holes)
+		leaked += int(hi-lo) - len(holes)
 		if c.repair {
-			if err := c.d.f.Punch(run*cs, (pc-run)*cs); err != nil {
+			if err := c.d.f.Punch(lo*cs, (hi-lo)*cs); err != nil {
 				return fmt.Errorf("punch unused clusters: %w", err)
 			}
 			c.dirty = true
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if leaked > 0 {
 		c.add(SevWarning, c.repair, "%d clusters inside the file hold data but no BAT entry points at them (leaked; punched when repaired)", leaked)
@@ -304,4 +300,20 @@ func (c *deltaChecker) trim(end int64) error {
 	}
 	c.add(SevWarning, c.repair, "%d bytes past the last allocated cluster are unused (leaked)", size-end)
 	return nil
+}
+
+// putNewCluster writes a whole cluster for vc into a new cluster, synced
+// before its BAT entry.
+func (d *Delta) putNewCluster(vc uint32, data []byte) error {
+	off, entry, err := d.allocate()
+	if err != nil {
+		return err
+	}
+	if _, err := d.f.WriteAt(data, off); err != nil {
+		return err
+	}
+	if err := d.sync(); err != nil {
+		return err
+	}
+	return d.setEntry(vc, entry)
 }

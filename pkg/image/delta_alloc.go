@@ -79,23 +79,11 @@ func (d *Delta) release(off int64) {
 // open has punched them. allocate reuses them before growing the file.
 func (d *Delta) findFree(used bitmap, fileSize int64) error {
 	cs := d.h.ClusterSize()
-	first, end := (d.h.DataStart()+cs-1)/cs, fileSize/cs
-	for pc := first; pc < end; {
-		if used.test(pc) {
-			pc++
-			continue
-		}
-		run := pc
-		for pc < end && !used.test(pc) {
-			pc++
-		}
-		holes, err := holeClusters(d.f, run*cs, pc*cs, cs)
-		if err != nil {
-			return err
-		}
+	return used.unsetRuns((d.h.DataStart()+cs-1)/cs, fileSize/cs, func(lo, hi int64) error {
+		holes, err := holeClusters(d.f, lo*cs, hi*cs, cs)
 		d.free = append(d.free, holes...)
-	}
-	return nil
+		return err
+	})
 }
 
 // holeClusters returns the clusters of [lo, hi) that hold no data.

@@ -185,9 +185,13 @@ func (img *Image) openChain(readOnly bool) (*Chain, error) {
 			return nil, err
 		}
 	}
-	c, err := OpenChain(files, ChainOptions{FS: img.fs, ReadOnly: readOnly, Journal: img.journal})
+	// Not ChainOptions.Journal: that would replay the journal a second time.
+	c, err := OpenChain(files, ChainOptions{FS: img.fs, ReadOnly: readOnly})
 	if err != nil {
 		return nil, err
+	}
+	if !readOnly && img.journal != nil {
+		c.bindJournal(img.journal)
 	}
 	if c.Size() != img.desc.Size() && !readOnly {
 		// A crash between growing the delta and rewriting the descriptor: the
@@ -225,6 +229,22 @@ func recoverDirtyTop(fsys FS, top string) error {
 	}
 	_, err = checkDelta(fsys, top, true)
 	return err
+}
+
+// withDirLock takes the image lock of the closed image directory dir
+// (ErrBusy when it is open elsewhere), reads the descriptor and runs fn;
+// the lock is held from before the read to the end.
+func withDirLock(fsys FS, dir string, fn func(desc *Descriptor) error) error {
+	img := &Image{Dir: dir, fs: fsys}
+	if err := img.takeLock(); err != nil {
+		return err
+	}
+	defer img.unlock()
+	desc, err := readDescriptor(fsys, dir)
+	if err != nil {
+		return err
+	}
+	return fn(desc)
 }
 
 func (img *Image) takeLock() error {

@@ -171,7 +171,7 @@ func (j *PendingJournal) load(top FileIdentity, cs int64) ([]JournalEntry, strin
 	h, entries, err := DecodeJournal(j.mem)
 	switch {
 	case err != nil:
-		if isZero(j.mem[:journalHeaderSize]) {
+		if allZero(j.mem[:journalHeaderSize]) {
 			return nil, "" // a fresh file
 		}
 		return nil, err.Error()
@@ -225,13 +225,6 @@ func (j *PendingJournal) add(vc, entry uint32, parity uint64) bool {
 	return true
 }
 
-// full reports whether an add would fail now.
-func (j *PendingJournal) full() bool {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.word(offCount).Load() >= j.capacity()
-}
-
 // commit drops the entries of the epoch with parity, now in the BAT on
 // disk. Kept entries move down in order, so that a crash halfway leaves
 // each one at least once (duplicates, and entries already in the BAT, are
@@ -279,13 +272,4 @@ func (j *PendingJournal) Close() error {
 	err := j.release()
 	j.release, j.mem = nil, nil
 	return err
-}
-
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }

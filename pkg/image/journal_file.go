@@ -2,6 +2,7 @@ package image
 
 import (
 	"cmp"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
@@ -61,16 +62,12 @@ func readBootID() ([16]byte, error) {
 	if err != nil {
 		return id, fmt.Errorf("read boot id: %w", err)
 	}
-	hex := strings.ReplaceAll(strings.TrimSpace(string(b)), "-", "")
-	if len(hex) != 32 {
+	digits := strings.ReplaceAll(strings.TrimSpace(string(b)), "-", "")
+	if len(digits) != 32 {
 		return id, fmt.Errorf("boot id %q: not a UUID", b)
 	}
-	for i := range id {
-		var v byte
-		if _, err := fmt.Sscanf(hex[2*i:2*i+2], "%02x", &v); err != nil {
-			return id, fmt.Errorf("boot id %q: %w", b, err)
-		}
-		id[i] = v
+	if _, err := hex.Decode(id[:], []byte(digits)); err != nil {
+		return id, fmt.Errorf("boot id %q: %w", b, err)
 	}
 	return id, nil
 }

@@ -66,9 +66,9 @@ func applyEntries(d *Delta, entries []JournalEntry) (int, error) {
 	}
 	cs := d.h.ClusterSize()
 	used := newBitmap(size/cs + 1)
-	onDisk := map[uint32]bool{}
+	onDisk := newBitmap(int64(d.h.BATEntries)) // by virtual cluster
 	err = d.forEachEntry(func(vc, entry uint32) error {
-		onDisk[vc] = true
+		onDisk.testAndSet(int64(vc))
 		if d.entryError(vc, entry, size) == nil {
 			used.testAndSet(d.h.clusterOffset(entry) / cs)
 		}
@@ -83,7 +83,7 @@ func applyEntries(d *Delta, entries []JournalEntry) (int, error) {
 	}
 	vcs := make([]uint32, 0, len(last))
 	for vc, entry := range last {
-		if vc >= d.h.BATEntries || onDisk[vc] || d.entryError(vc, entry, size) != nil ||
+		if vc >= d.h.BATEntries || onDisk.test(int64(vc)) || d.entryError(vc, entry, size) != nil ||
 			used.testAndSet(d.h.clusterOffset(entry)/cs) {
 			continue
 		}
@@ -127,18 +127,11 @@ func (c *Chain) bindJournal(j *PendingJournal) {
 // j is left empty.
 func ReplayJournalDir(dir string, j *PendingJournal) error {
 	fsys := NewOSFS(false)
-	img := &Image{Dir: dir, fs: fsys}
-	if err := img.takeLock(); err != nil {
-		return err
-	}
-	defer img.unlock()
-	desc, err := readDescriptor(fsys, dir)
-	if err != nil {
-		return err
-	}
-	files, err := desc.ChainFiles(dir)
-	if err != nil {
-		return err
-	}
-	return replayJournal(fsys, files[len(files)-1], j)
+	return withDirLock(fsys, dir, func(desc *Descriptor) error {
+		files, err := desc.ChainFiles(dir)
+		if err != nil {
+			return err
+		}
+		return replayJournal(fsys, files[len(files)-1], j)
+	})
 }

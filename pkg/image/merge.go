@@ -108,39 +108,23 @@ func mergePair(desc *Descriptor, dir, guid string) (parent, child DescImage, err
 	return chain[i], chain[i+1], nil
 }
 
-func refuseShared(shared func(string) (bool, error), path, what string) error {
-	is, err := shared(filepath.Clean(path))
-	if err != nil {
-		return fmt.Errorf("is %s shared: %w", path, err)
-	}
-	if is {
-		return fmt.Errorf("%w: %s would be %s, but another chain references it", ErrShared, path, what)
+// refuseShared fails with ErrShared if a merge of the pair would change a
+// delta another chain references.
+func refuseShared(shared func(string) (bool, error), parentPath, childPath string) error {
+	for _, path := range []string{parentPath, childPath} {
+		is, err := shared(filepath.Clean(path))
+		if err != nil {
+			return fmt.Errorf("is %s shared: %w", path, err)
+		}
+		if is {
+			return fmt.Errorf("%w: %s would be changed by a merge, but another chain references it", ErrShared, path)
+		}
 	}
 	return nil
 }
 
 // ErrNotFound means a named snapshot or image does not exist.
 var ErrNotFound = errors.New("not found")
-
-// putCluster writes a whole cluster for vc: in place when the delta holds it
-// (entry != 0), else into a new cluster synced before its BAT entry.
-func (d *Delta) putCluster(vc, entry uint32, data []byte) error {
-	if entry != 0 {
-		_, err := d.f.WriteAt(data, d.h.clusterOffset(entry))
-		return err
-	}
-	off, entry, err := d.allocate()
-	if err != nil {
-		return err
-	}
-	if _, err := d.f.WriteAt(data, off); err != nil {
-		return err
-	}
-	if err := d.sync(); err != nil {
-		return err
-	}
-	return d.setEntry(vc, entry)
-}
 
 // withoutMerged returns a copy of the descriptor where the pair's kept
 // file has replaced both: child's image entry carries keptFile (parent's

@@ -3,6 +3,7 @@ package image
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -86,6 +87,30 @@ func (p *pairCopy) run() error {
 		p.progress(p.total, p.total)
 	}
 	return err
+}
+
+// copyFiles runs p from the delta file srcPath into dstPath, opened
+// writable and prepared (prepareTarget); if the copy succeeds, keep (if
+// not nil) is called with the destination before it is closed.
+func copyFiles(fsys FS, p *pairCopy, srcPath, dstPath string, keep func(dst *Delta) error) error {
+	src, err := openDelta(fsys, srcPath, false)
+	if err != nil {
+		return err
+	}
+	defer src.close(true)
+	dst, err := openDelta(fsys, dstPath, true)
+	if err != nil {
+		return err
+	}
+	p.src, p.dst = src, dst
+	err = prepareTarget(p)
+	if err == nil {
+		err = p.run()
+	}
+	if err == nil && keep != nil {
+		err = keep(dst)
+	}
+	return errors.Join(err, dst.close(!errors.Is(err, ErrSyncFailed)))
 }
 
 // report calls the progress callback, if any, with the clusters processed.
@@ -240,27 +265,15 @@ func (p *pairCopy) endBatch() error {
 // rounded out to the direct-I/O alignment, relative to off.
 func clusterData(f File, off, cs int64) ([]span, error) {
 	var out []span
-	end := off + cs
-	for pos := off; pos < end; {
-		start, stop, err := f.Data(pos, end)
-		if err != nil {
-			return nil, err
-		}
-		if start >= end {
-			break
-		}
-		if stop <= start {
-			stop = end
-		}
-		s := span{(start - off) / directAlign * directAlign, min(cs, (stop-off+directAlign-1)/directAlign*directAlign)}
+	err := forEachData(f, off, off+cs, func(start, stop int64) {
+		s := roundOut(span{start - off, stop - off}, cs)
 		if n := len(out); n > 0 && s.lo <= out[n-1].hi {
 			out[n-1].hi = max(out[n-1].hi, s.hi)
 		} else {
 			out = append(out, s)
 		}
-		pos = stop
-	}
-	return out, nil
+	})
+	return out, err
 }
 
 // gaps returns the parts of [0, cs) that data (sorted, disjoint) leaves out.

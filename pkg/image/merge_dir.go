@@ -2,7 +2,6 @@ package image
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -42,26 +41,15 @@ func withLockedDir(dir string, fsys *FS, shared *func(string) (bool, error), fn 
 	if *shared == nil {
 		*shared = SharedOutside(dir)
 	}
-	img := &Image{Dir: dir, fs: *fsys}
-	if err := img.takeLock(); err != nil {
-		return err
-	}
-	defer img.unlock()
-	desc, err := readDescriptor(*fsys, dir)
-	if err != nil {
-		return err
-	}
-	return fn(dir, desc)
+	return withDirLock(*fsys, dir, func(desc *Descriptor) error { return fn(dir, desc) })
 }
 
 // mergeInDir copies, then commits the descriptor without the dropped delta.
 // The caller holds the image lock.
 func mergeInDir(ctx context.Context, dir string, desc *Descriptor, parent, child DescImage, opts PairMergeOptions) (MergeStats, error) {
 	parentPath, childPath := resolve(dir, parent.File), resolve(dir, child.File)
-	for _, p := range []string{parentPath, childPath} {
-		if err := refuseShared(opts.Shared, p, "changed by a merge"); err != nil {
-			return MergeStats{}, err
-		}
+	if err := refuseShared(opts.Shared, parentPath, childPath); err != nil {
+		return MergeStats{}, err
 	}
 	st, err := mergeFiles(ctx, opts.FS, parentPath, childPath, opts)
 	if err != nil {
@@ -104,10 +92,8 @@ func MergeDeltaFiles(ctx context.Context, parentPath, childPath string, opts Pai
 	if opts.Shared == nil {
 		opts.Shared = func(string) (bool, error) { return false, nil }
 	}
-	for _, p := range []string{parentPath, childPath} {
-		if err := refuseShared(opts.Shared, p, "changed by a merge"); err != nil {
-			return MergeStats{}, err
-		}
+	if err := refuseShared(opts.Shared, parentPath, childPath); err != nil {
+		return MergeStats{}, err
 	}
 	return mergeFiles(ctx, opts.FS, filepath.Clean(parentPath), filepath.Clean(childPath), opts)
 }
@@ -131,22 +117,10 @@ func mergeFiles(ctx context.Context, fsys FS, parentPath, childPath string, opts
 	if dir == MergeUp {
 		st.Kept, st.Dropped, srcPath = childPath, parentPath, parentPath
 	}
-	src, err := openDelta(fsys, srcPath, false)
-	if err != nil {
-		return st, err
-	}
-	defer src.close(true)
-	dst, err := openDelta(fsys, st.Kept, true)
-	if err != nil {
-		return st, err
-	}
-	p := &pairCopy{ctx: ctx, src: src, dst: dst, down: dir == MergeDown, progress: opts.Progress, total: total}
-	err = prepareTarget(p)
-	if err == nil {
-		err = p.run()
-	}
+	p := &pairCopy{ctx: ctx, down: dir == MergeDown, progress: opts.Progress, total: total}
+	err = copyFiles(fsys, p, srcPath, st.Kept, nil)
 	st.BytesCopied, st.Duration = p.copied, time.Since(start)
-	return st, errors.Join(err, dst.close(!errors.Is(err, ErrSyncFailed)))
+	return st, err
 }
 
 // chooseFiles reads the BATs to resolve the direction and its cost.

@@ -56,10 +56,8 @@ func (c *Chain) Merge(ctx context.Context, parentPath, childPath string, opts Pa
 	if err != nil {
 		return MergeStats{}, err
 	}
-	for _, p := range []string{parentPath, childPath} {
-		if err := refuseShared(opts.Shared, p, "changed by a merge"); err != nil {
-			return MergeStats{}, err
-		}
+	if err := refuseShared(opts.Shared, parentPath, childPath); err != nil {
+		return MergeStats{}, err
 	}
 	dir, total, err := c.chooseOnline(parentPath, childPath, isTop, opts.Direction)
 	if err != nil {
@@ -147,29 +145,19 @@ func (m *onlineMerge) frozen() error {
 	if err := recoverDirtyTop(fsys, dstPath); err != nil { // a merge a crash cut short
 		return err
 	}
-	src, err := openDelta(fsys, srcPath, false)
-	if err != nil {
-		return err
-	}
-	defer src.close(true)
-	dst, err := openDelta(fsys, dstPath, true)
-	if err != nil {
-		return err
-	}
-	p := &pairCopy{ctx: m.ctx, src: src, dst: dst, down: m.down, progress: m.progress, total: m.total}
-	err = prepareAlloc(dst)
-	if err == nil {
-		err = p.run()
-	}
-	m.copied = p.copied
+	// chooseOnline refused a down merge into a smaller parent: prepareTarget
+	// does not grow it.
+	p := &pairCopy{ctx: m.ctx, down: m.down, progress: m.progress, total: m.total}
 	var kept []uint32
-	if err == nil {
+	err := copyFiles(fsys, p, srcPath, dstPath, func(dst *Delta) (err error) {
 		kept, err = readWholeBAT(dst)
-	}
-	if err := errors.Join(err, dst.close(!errors.Is(err, ErrSyncFailed))); err != nil {
+		return err
+	})
+	m.copied = p.copied
+	if err != nil {
 		return err
 	}
-	return m.switchOver(kept, func() error { return m.checkCopied(kept) })
+	return m.switchOver(kept, nil, func() error { return m.checkCopied(kept) })
 }
 
 // readWholeBAT reads a delta's BAT (4 bytes per virtual cluster: what the
@@ -185,13 +173,21 @@ func readWholeBAT(d *Delta) ([]uint32, error) {
 // complete and durable), calls record, and only then changes the chain
 // (nothing to undo if record fails). kept is the kept delta's BAT (nil
 // when the kept delta is the top: its entries are in the cluster map).
-func (m *onlineMerge) switchOver(kept []uint32, prepare func() error) error {
+// newTop, if not nil, is the parent's writable handle that replaces both
+// deltas of the pair as the top (the top merged down, merge_topdown.go).
+// The deltas that leave the chain are closed once I/O resumed: the files
+// are the caller's to remove.
+func (m *onlineMerge) switchOver(kept []uint32, newTop *Delta, prepare func() error) error {
 	c := m.c
+	var dropped []*Delta
 	asked := time.Now()
 	c.mu.Lock()
 	defer func() {
 		c.mu.Unlock()
 		m.pause = time.Since(asked)
+		for _, d := range dropped {
+			_ = d.close(true)
+		}
 	}()
 	if err := m.checkShape(); err != nil {
 		return err
@@ -199,9 +195,10 @@ func (m *onlineMerge) switchOver(kept []uint32, prepare func() error) error {
 	if err := prepare(); err != nil {
 		return err
 	}
+	drop := m.droppedLevel()
 	newPaths := make([]string, 0, len(c.deltas)-1)
 	for i, d := range c.deltas {
-		if i != m.droppedLevel() {
+		if i != drop {
 			newPaths = append(newPaths, d.path)
 		}
 	}
@@ -211,9 +208,16 @@ func (m *onlineMerge) switchOver(kept []uint32, prepare func() error) error {
 		}
 	}
 	m.remap(kept)
-	dropped := c.deltas[m.droppedLevel()]
-	c.deltas = append(c.deltas[:m.droppedLevel():m.droppedLevel()], c.deltas[m.droppedLevel()+1:]...)
-	_ = dropped.close(true) // read-only: nothing to lose; the file is the caller's to remove
+	if newTop != nil {
+		dropped = []*Delta{c.deltas[m.level], c.deltas[drop]}
+		c.deltas = append(c.deltas[:m.level:m.level], newTop)
+		if c.journal != nil { // empty (prepare committed): now for the new top
+			c.bindJournal(c.journal)
+		}
+		return nil
+	}
+	dropped = []*Delta{c.deltas[drop]}
+	c.deltas = append(c.deltas[:drop:drop], c.deltas[drop+1:]...)
 	return nil
 }
 
@@ -330,7 +334,7 @@ func (m *onlineMerge) intoTop() error {
 		m.total = max(m.total, m.copied)
 		m.progress(m.total, m.total)
 	}
-	return m.switchOver(nil, m.finalPass)
+	return m.switchOver(nil, nil, m.finalPass)
 }
 
 // copyUp gives the top its own copy of vc if the chain reads vc from the

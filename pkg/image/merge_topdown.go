@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/bits"
 	"sync/atomic"
-	"time"
 )
 
 // Online merge of the writable top down into its parent (ploop's online
@@ -38,7 +37,7 @@ const (
 // per chunk of clusters where writes land. Safe for concurrent use.
 type dirtySet struct {
 	unit   int64 // bytes per bit
-	chunks []atomic.Pointer[[1 << chunkShift]atomic.Uint64]
+	chunks []atomic.Pointer[mapChunk]
 }
 
 type dirtyCluster struct {
@@ -48,7 +47,7 @@ type dirtyCluster struct {
 
 func newDirtySet(clusters uint32, cs int64) *dirtySet {
 	n := (uint64(clusters) + 1<<chunkShift - 1) >> chunkShift
-	return &dirtySet{unit: max(directAlign, cs/64), chunks: make([]atomic.Pointer[[1 << chunkShift]atomic.Uint64], n)}
+	return &dirtySet{unit: max(directAlign, cs/64), chunks: make([]atomic.Pointer[mapChunk], n)}
 }
 
 func (d *dirtySet) word(vc uint32, alloc bool) *atomic.Uint64 {
@@ -61,7 +60,7 @@ func (d *dirtySet) word(vc uint32, alloc bool) *atomic.Uint64 {
 		if !alloc {
 			return nil
 		}
-		d.chunks[i].CompareAndSwap(nil, new([1 << chunkShift]atomic.Uint64))
+		d.chunks[i].CompareAndSwap(nil, new(mapChunk))
 		ch = d.chunks[i].Load()
 	}
 	return &ch[vc&(1<<chunkShift-1)]
@@ -326,50 +325,18 @@ func (m *onlineMerge) copyDirty(p *pairCopy, unit int64, d dirtyCluster, whole b
 // writable top; if record fails the chain stays as it was.
 func (m *onlineMerge) switchTop(p *pairCopy, dirty *dirtySet, left []dirtyCluster) error {
 	c := m.c
-	var dropped []*Delta
-	asked := time.Now()
-	c.mu.Lock()
-	defer func() {
-		c.mu.Unlock()
-		m.pause = time.Since(asked)
-		// Out of the chain: closed (the old top's mark cleared, a sync)
-		// after I/O resumed. The caller removes the old top's file.
-		for _, d := range dropped {
-			_ = d.close(true)
+	return m.switchOver(p.dstBAT, p.dst, func() error {
+		if err := c.commit(); err != nil { // nothing pending in the top from here on
+			return err
 		}
-	}()
-	if err := m.checkShape(); err != nil {
-		return err
-	}
-	if err := c.commit(); err != nil { // nothing pending in the top from here on
-		return err
-	}
-	top := len(c.deltas) - 1
-	for _, d := range append(left, dirty.drain()...) {
-		if err := m.copyDirty(p, dirty.unit, d, false); err != nil {
+		for _, d := range append(left, dirty.drain()...) {
+			if err := m.copyDirty(p, dirty.unit, d, false); err != nil {
+				return c.note(err)
+			}
+		}
+		if err := p.endBatch(); err != nil {
 			return c.note(err)
 		}
-	}
-	if err := p.endBatch(); err != nil {
-		return c.note(err)
-	}
-	if err := m.checkCopied(p.dstBAT); err != nil {
-		return err
-	}
-	newPaths := make([]string, 0, top)
-	for _, d := range c.deltas[:top] {
-		newPaths = append(newPaths, d.path)
-	}
-	if m.record != nil {
-		if err := m.record(newPaths); err != nil {
-			return fmt.Errorf("record merge: %w", err)
-		}
-	}
-	m.remap(p.dstBAT)
-	dropped = []*Delta{c.deltas[m.level], c.deltas[top]}
-	c.deltas = append(c.deltas[:m.level:m.level], p.dst)
-	if c.journal != nil { // empty (the commit above): now for the new top
-		c.bindJournal(c.journal)
-	}
-	return nil
+		return m.checkCopied(p.dstBAT)
+	})
 }
